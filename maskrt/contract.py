@@ -1,0 +1,81 @@
+"""The deploy graph's I/O contract, written once and imported by every stage.
+
+An exported maskrt graph has two inputs and padded, fixed-rank outputs::
+
+    images          float32 [B, 3, H, W]   resized RGB in [0, 1], padded to H, W multiples of 32
+                                           with the spec's ``image_mean`` (so that the in-graph
+                                           normalisation turns the padding into torchvision's zeros).
+    image_sizes     int32   [B, 2]         (height, width) of each resized image before padding:
+                                           torchvision clips proposals and boxes to it.
+    num_detections  int32   [B]            valid rows per image (rows >= n are padding)
+    boxes           float32 [B, K, 4]      x1, y1, x2, y2 in input-tensor pixels
+    scores          float32 [B, K]
+    labels          int32   [B, K]         1..num_classes-1 (0 on padding rows)
+    masks           float32 [B, K, 28, 28] mask probabilities of the predicted class (Mask R-CNN)
+    keypoints       float32 [B, K, 17, 3]  x, y, score (Keypoint R-CNN)
+
+K is the spec's ``box_detections_per_img``. Rows are sorted by descending score, as torchvision
+returns them. The ONNX metadata (``metadata_props``) carries the keys below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONTRACT_VERSION = "1"
+SIZE_DIVISIBLE = 32
+MASK_SIZE = 28
+
+INPUT_IMAGES = "images"
+INPUT_IMAGE_SIZES = "image_sizes"
+OUTPUT_NUM_DETECTIONS = "num_detections"
+OUTPUT_BOXES = "boxes"
+OUTPUT_SCORES = "scores"
+OUTPUT_LABELS = "labels"
+OUTPUT_MASKS = "masks"
+OUTPUT_KEYPOINTS = "keypoints"
+
+# metadata_props keys of an exported graph
+META_CONTRACT_VERSION = "maskrt.contract_version"
+META_MODEL_SPEC = "maskrt.model_spec"  # ModelSpec.to_json()
+META_PRECISION = "maskrt.precision"  # fp32 | fp16 | int8
+META_SURGERED = "maskrt.surgered"  # "1" once RoIAlign units are plugin nodes
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and symbolic shape of one graph input or output."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[str | int, ...]
+
+
+def output_names(has_masks: bool, has_keypoints: bool) -> tuple[str, ...]:
+    """Output names of a deploy graph, in graph order."""
+    names = [OUTPUT_NUM_DETECTIONS, OUTPUT_BOXES, OUTPUT_SCORES, OUTPUT_LABELS]
+    if has_masks:
+        names.append(OUTPUT_MASKS)
+    if has_keypoints:
+        names.append(OUTPUT_KEYPOINTS)
+    return tuple(names)
+
+
+def io_specs(
+    detections_per_img: int, has_masks: bool, has_keypoints: bool, num_keypoints: int = 17
+) -> tuple[TensorSpec, ...]:
+    """The full contract for one model: the inputs first, then the outputs in graph order."""
+    k = detections_per_img
+    table = {
+        OUTPUT_NUM_DETECTIONS: TensorSpec(OUTPUT_NUM_DETECTIONS, "int32", ("B",)),
+        OUTPUT_BOXES: TensorSpec(OUTPUT_BOXES, "float32", ("B", k, 4)),
+        OUTPUT_SCORES: TensorSpec(OUTPUT_SCORES, "float32", ("B", k)),
+        OUTPUT_LABELS: TensorSpec(OUTPUT_LABELS, "int32", ("B", k)),
+        OUTPUT_MASKS: TensorSpec(OUTPUT_MASKS, "float32", ("B", k, MASK_SIZE, MASK_SIZE)),
+        OUTPUT_KEYPOINTS: TensorSpec(OUTPUT_KEYPOINTS, "float32", ("B", k, num_keypoints, 3)),
+    }
+    inputs = (
+        TensorSpec(INPUT_IMAGES, "float32", ("B", 3, "H", "W")),
+        TensorSpec(INPUT_IMAGE_SIZES, "int32", ("B", 2)),
+    )
+    return inputs + tuple(table[n] for n in output_names(has_masks, has_keypoints))

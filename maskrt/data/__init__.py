@@ -1,0 +1,1 @@
+"""Datasets maskrt makes or reads (COCO format)."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: a small synthetic dataset and a briefly trained demo checkpoint.
+
+Both are deterministic and cached in pytest's cache folder (keyed by the code that makes them),
+so a developer's second run reuses them; a fresh CI checkout makes them once per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+import maskrt
+
+TEST_TRAIN_IMAGES = 200
+TEST_VAL_IMAGES = 24
+TEST_TRAIN_ITERS = 150
+
+
+def _code_key(*modules: str, extra: str = "") -> str:
+    """A short hash of the source files that determine a cached artefact."""
+    root = Path(maskrt.__file__).parent
+    h = hashlib.sha256(extra.encode())
+    for m in modules:
+        h.update((root / m).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _cache_dir(request: pytest.FixtureRequest) -> Path:
+    """pytest's cache folder, or a session temp folder when the cache plugin is off."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("maskrt"))
+    return request.getfixturevalue("tmp_path_factory").mktemp("maskrt")
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(request: pytest.FixtureRequest) -> Path:
+    """A small shapes dataset root (train and val splits, COCO annotations)."""
+    from maskrt.data.shapes import make_shapes_dataset
+
+    key = _code_key("data/shapes.py", extra=f"{TEST_TRAIN_IMAGES}/{TEST_VAL_IMAGES}")
+    root = _cache_dir(request) / f"shapes-{key}"
+    if not (root / "annotations" / "instances_val.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_shapes_dataset(tmp, train=TEST_TRAIN_IMAGES, val=TEST_VAL_IMAGES, seed=7, force=True)
+        tmp.rename(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(request: pytest.FixtureRequest, shapes_dataset: Path) -> Path:
+    """A demo Mask R-CNN trained for a few minutes: real, if imperfect, detections."""
+    from maskrt.train import TrainConfig, train_demo
+
+    key = _code_key("train.py", "specs.py", "data/shapes.py", extra=str(TEST_TRAIN_ITERS))
+    path = _cache_dir(request) / f"demo-{key}.pt"
+    if not path.is_file():
+        train_demo(path, data_root=shapes_dataset, config=TrainConfig(iters=TEST_TRAIN_ITERS, seed=3))
+    return path
