@@ -58,10 +58,15 @@ def _describe_mismatch(model: Any, state_dict: dict[str, Any]) -> str | None:
     wrong_shape = [
         f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
         for k in sorted(set(expected) & set(state_dict))
-        if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+        if hasattr(state_dict[k], "shape")
+        and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", wrong_shape),
+    ):
         if items:
             shown = ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
             parts.append(f"{label} keys: {shown}")
@@ -73,7 +78,9 @@ def load_state(spec: ModelSpec, state_dict: dict[str, Any], source: str = "check
     model = build_model(spec)
     problem = _describe_mismatch(model, state_dict)
     if problem:
-        raise MaskrtError(f"{source} does not fit {spec.arch} (num_classes={spec.num_classes}): {problem}")
+        raise MaskrtError(
+            f"{source} does not fit {spec.arch} (num_classes={spec.num_classes}): {problem}"
+        )
     model.load_state_dict(state_dict)
     return model.eval()
 
@@ -91,7 +98,10 @@ def load_checkpoint(
         raise MaskrtError(f"{p} holds a {type(payload).__name__}, not a checkpoint dict")
     if payload.get("format") == CHECKPOINT_FORMAT:
         if payload.get("version") != CHECKPOINT_VERSION:
-            raise MaskrtError(f"{p} has checkpoint version {payload.get('version')}; this maskrt reads {CHECKPOINT_VERSION}")
+            raise MaskrtError(
+                f"{p} has checkpoint version {payload.get('version')}; "
+                f"this maskrt reads {CHECKPOINT_VERSION}"
+            )
         try:
             saved = ModelSpec.from_dict(payload["spec"])
         except (SpecError, TypeError) as e:

@@ -93,7 +93,10 @@ def iou_types_for(with_masks: bool, with_keypoints: bool) -> list[str]:
 
 
 def evaluate_results(
-    coco_gt: Any, results: list[dict[str, Any]], iou_types: Iterable[str], image_ids: Iterable[int] | None = None
+    coco_gt: Any,
+    results: list[dict[str, Any]],
+    iou_types: Iterable[str],
+    image_ids: Iterable[int] | None = None,
 ) -> CocoScores:
     """Run COCOeval for each IoU type over ``image_ids`` (default: every image of ``coco_gt``)."""
     from pycocotools.cocoeval import COCOeval

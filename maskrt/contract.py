@@ -4,7 +4,7 @@ An exported maskrt graph has two inputs and padded, fixed-rank outputs::
 
     images          float32 [B, 3, H, W]   resized RGB in [0, 1], padded to H, W multiples of 32
                                            with the spec's ``image_mean`` (so that the in-graph
-                                           normalisation turns the padding into torchvision's zeros).
+                                           normalisation turns padding into torchvision's zeros).
     image_sizes     int32   [B, 2]         (height, width) of each resized image before padding:
                                            torchvision clips proposals and boxes to it.
     num_detections  int32   [B]            valid rows per image (rows >= n are padding)

@@ -64,7 +64,9 @@ class ModelSpec:
         if self.arch not in ARCHS:
             raise SpecError(f"unknown architecture {self.arch!r}; supported: {', '.join(ARCHS)}")
         if self.num_classes < 2:
-            raise SpecError(f"num_classes must count background and at least one class, got {self.num_classes}")
+            raise SpecError(
+                f"num_classes must count background and at least one class, got {self.num_classes}"
+            )
         if self.category_names and len(self.category_names) != self.num_classes - 1:
             raise SpecError(
                 f"{len(self.category_names)} category names for {self.num_classes - 1} classes"
@@ -197,7 +199,5 @@ def build_model(spec: ModelSpec) -> Any:
         kwargs = _torchvision_kwargs(spec)
         if spec.has_keypoints:
             kwargs["num_keypoints"] = spec.num_keypoints
-        model = builder(
-            weights=None, weights_backbone=None, num_classes=spec.num_classes, **kwargs
-        )
+        model = builder(weights=None, weights_backbone=None, num_classes=spec.num_classes, **kwargs)
     return model.eval()

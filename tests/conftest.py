@@ -60,5 +60,7 @@ def demo_checkpoint(request: pytest.FixtureRequest, shapes_dataset: Path) -> Pat
     key = _code_key("train.py", "specs.py", "data/shapes.py", extra=str(TEST_TRAIN_ITERS))
     path = _cache_dir(request) / f"demo-{key}.pt"
     if not path.is_file():
-        train_demo(path, data_root=shapes_dataset, config=TrainConfig(iters=TEST_TRAIN_ITERS, seed=3))
+        train_demo(
+            path, data_root=shapes_dataset, config=TrainConfig(iters=TEST_TRAIN_ITERS, seed=3)
+        )
     return path

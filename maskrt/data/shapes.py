@@ -68,15 +68,15 @@ def _shape_polygon(
     corners = 4 if category == "square" else 3
     radius = size / math.sqrt(2) if category == "square" else size / math.sqrt(3)
     return [
-        (cx + radius * math.cos(angle + 2 * math.pi * k / corners),
-         cy + radius * math.sin(angle + 2 * math.pi * k / corners))
+        (
+            cx + radius * math.cos(angle + 2 * math.pi * k / corners),
+            cy + radius * math.sin(angle + 2 * math.pi * k / corners),
+        )
         for k in range(corners)
     ]
 
 
-def _draw_shape(
-    rng: np.random.Generator, category: str, height: int, width: int
-) -> np.ndarray:
+def _draw_shape(rng: np.random.Generator, category: str, height: int, width: int) -> np.ndarray:
     """Binary mask [H, W] of one randomly placed, sized and rotated shape."""
     size = rng.uniform(0.18, 0.55) * min(height, width)
     # The centre may sit near the border so some shapes are cut by the image edge.
@@ -165,7 +165,12 @@ def write_split(
             Image.fromarray(image).save(tmp, format="PNG")
         image_id = index + 1
         images.append(
-            {"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]}
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": image.shape[0],
+                "width": image.shape[1],
+            }
         )
         for inst in instances:
             annotations.append(_annotation(len(annotations) + 1, image_id, inst))

@@ -1,0 +1,46 @@
+"""The `maskrt` command line: a thin layer of click verbs over the library functions.
+
+Each stage keeps its verbs in its own ``cli.py`` and they are registered here. Failures on bad
+input are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .errors import MaskrtError
+
+
+class _Group(click.Group):
+    """A click group that turns user-facing errors into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MaskrtError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="maskrt")
+def main() -> None:
+    """Deploy torchvision Mask R-CNN family detectors to TensorRT, with proof in COCO AP."""
+
+
+def _register() -> None:
+    from . import commands
+
+    for command in commands.COMMANDS:
+        main.add_command(command)
+    # Stage verbs: each stage owns its cli module.
+    # (stages add their registration lines below)
+
+
+_register()

@@ -1,0 +1,161 @@
+"""Core CLI verbs: `data shapes`, `train`, `eval`, `demo` (thin wrappers over the library)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from .errors import MaskrtError
+
+
+def _data_split(data: str | None, images: str | None, annotations: str | None) -> tuple[Path, Path]:
+    """(image folder, annotation file) from either --data ROOT or --images + --annotations."""
+    from .data.shapes import split_paths
+
+    if data and (images or annotations):
+        raise MaskrtError("give either --data or --images with --annotations, not both")
+    if data:
+        return split_paths(data, "val")
+    if images and annotations:
+        if not Path(images).is_dir():
+            raise MaskrtError(f"image folder {images} does not exist")
+        return Path(images), Path(annotations)
+    raise MaskrtError("say which images to use: --data DIR, or --images DIR --annotations FILE")
+
+
+@click.group("data")
+def data_group() -> None:
+    """Make datasets."""
+
+
+@data_group.command("shapes")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--train", "n_train", default=1000, show_default=True, help="Training images.")
+@click.option("--val", "n_val", default=200, show_default=True, help="Held-out images.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Write into a non-empty folder.")
+def shapes_command(out: str, n_train: int, n_val: int, seed: int, force: bool) -> None:
+    """Write a synthetic COCO-format dataset of circles, squares and triangles to OUT."""
+    from .data.shapes import make_shapes_dataset
+
+    root = make_shapes_dataset(
+        out, train=n_train, val=n_val, seed=seed, force=force, show_progress=True
+    )
+    click.echo(f"Wrote {n_train} train and {n_val} val images with COCO annotations to {root}")
+
+
+@click.command("train")
+@click.option(
+    "-o", "--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write."
+)
+@click.option(
+    "--data", type=click.Path(file_okay=False), help="Dataset root (default: synthetic shapes)."
+)
+@click.option("--iters", default=800, show_default=True)
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing checkpoint.")
+def train_command(
+    out: str, data: str | None, iters: int, batch_size: int, seed: int, force: bool
+) -> None:
+    """Train the demo Mask R-CNN (resnet18 + FPN, 64 channels) deterministically."""
+    from .fileio import check_writable
+    from .train import TrainConfig, train_demo
+
+    check_writable(out, force)
+    if data is not None and not Path(data).is_dir():
+        raise MaskrtError(f"dataset root {data} does not exist")
+    cfg = TrainConfig(iters=iters, batch_size=batch_size, seed=seed)
+    spec, path = train_demo(out, data_root=data, config=cfg, show_progress=True)
+    click.echo(f"Wrote {path} ({spec.arch}, {spec.num_classes - 1} classes)")
+
+
+@click.command("eval")
+@click.argument("artifact", type=click.Path())
+@click.option(
+    "--data", type=click.Path(), help="Dataset root written by `maskrt data` (val split)."
+)
+@click.option("--images", type=click.Path(), help="Image folder of a COCO-format set.")
+@click.option("--annotations", type=click.Path(), help="COCO annotation file of those images.")
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
+    default=None,
+    help="Default: torch for checkpoints, onnxruntime for .onnx, tensorrt for .engine.",
+)
+@click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
+@click.option("--batch-size", default=1, show_default=True)
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Write COCO-format results here."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+def eval_command(
+    artifact: str,
+    data: str | None,
+    images: str | None,
+    annotations: str | None,
+    backend: str | None,
+    arch: str | None,
+    batch_size: int,
+    limit: int | None,
+    json_out: str | None,
+    force: bool,
+) -> None:
+    """COCO bbox/segm/keypoint AP of ARTIFACT (checkpoint, ONNX graph or engine)."""
+    from .evaluate import evaluate_artifact
+    from .fileio import check_writable
+
+    if not Path(artifact).exists():
+        raise MaskrtError(f"{artifact} does not exist")
+    images_dir, ann_file = _data_split(data, images, annotations)
+    if json_out:
+        check_writable(json_out, force)
+    options = {"arch": arch} if arch else {}
+    result = evaluate_artifact(
+        artifact,
+        images_dir,
+        ann_file,
+        backend=backend,
+        batch_size=batch_size,
+        limit=limit,
+        json_out=json_out,
+        show_progress=True,
+        **options,
+    )
+    click.echo(f"{result.num_images} images, {len(result.results)} detections")
+    click.echo(result.scores.table())
+
+
+def default_cache_dir() -> Path:
+    """Where `maskrt demo` keeps its dataset and model: $MASKRT_CACHE_DIR or the user cache."""
+    if os.environ.get("MASKRT_CACHE_DIR"):
+        return Path(os.environ["MASKRT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "maskrt"
+
+
+@click.command("demo")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Dataset and model cache [default: $MASKRT_CACHE_DIR or ~/.cache/maskrt].",
+)
+@click.option("--retrain", is_flag=True, help="Train the demo model again even if cached.")
+@click.option("--iters", default=800, show_default=True, help="Training iterations.")
+def demo_command(cache_dir: str | None, retrain: bool, iters: int) -> None:
+    """The main job on the embedded default: data, model, and its accuracy, end to end."""
+    from .demo import run_demo
+
+    run_demo(
+        Path(cache_dir) if cache_dir else default_cache_dir(),
+        retrain=retrain,
+        iters=iters,
+        echo=click.echo,
+    )
+
+
+COMMANDS = [data_group, train_command, eval_command, demo_command]
