@@ -1,0 +1,362 @@
+"""Speed and memory of the deploy path against torchvision eager, measured A/B in one process.
+
+Both sides see the same images and the same checkpoint. Each side's time is split into
+pre-processing (uint8 image -> network input), inference (network) and post-processing
+(network output -> boxes and pasted masks in original pixels). Runs are interleaved (A, B, B, A,
+...) so that drifting clocks or caches favour neither side. Peak RSS is read in a fresh
+subprocess per side, because one process's high-water mark cannot be split between two.
+
+Nothing here is a test: figures go to BENCHMARKS.md with the command, machine, date and commit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .detections import Detections
+from .specs import ModelSpec
+
+STAGES = ("pre", "infer", "post")
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds per call, per stage."""
+
+    pre: list[float] = field(default_factory=list)
+    infer: list[float] = field(default_factory=list)
+    post: list[float] = field(default_factory=list)
+
+    def total(self) -> list[float]:
+        return [a + b + c for a, b, c in zip(self.pre, self.infer, self.post)]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            name: _stats(v)
+            for name, v in (*((s, getattr(self, s)) for s in STAGES), ("total", self.total()))
+        }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"median": float("nan"), "p90": float("nan")}
+    return {"median": statistics.median(values), "p90": float(np.percentile(values, 90))}
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+class TorchvisionSide:
+    """torchvision eager, staged as GeneralizedRCNN.forward does it."""
+
+    name = "torchvision eager"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model.eval()
+
+    def run(self, images: Sequence[np.ndarray], times: StageTimes) -> list[Detections]:
+        import torch
+
+        from .runtime.backends.torch_backend import from_torchvision, to_tensor
+
+        with torch.inference_mode():
+            t = time.perf_counter()
+            tensors = [to_tensor(im) for im in images]
+            batch, _ = self.model.transform(tensors)
+            times.pre.append(_ms(t))
+            t = time.perf_counter()
+            features = self.model.backbone(batch.tensors)
+            proposals, _ = self.model.rpn(batch, features)
+            dets, _ = self.model.roi_heads(features, proposals, batch.image_sizes)
+            times.infer.append(_ms(t))
+            t = time.perf_counter()
+            originals = [tuple(im.shape[:2]) for im in images]
+            out = self.model.transform.postprocess(dets, batch.image_sizes, originals)
+            result = [from_torchvision(o) for o in out]
+            times.post.append(_ms(t))
+        return result
+
+
+class OnnxRuntimeSide:
+    """maskrt's deploy graph in ONNX Runtime with numpy pre/post-processing."""
+
+    def __init__(self, onnx_path: Path, spec: ModelSpec, label: str = "maskrt onnxruntime") -> None:
+        from .runtime.backends.onnxruntime_backend import OrtRunner
+
+        self.name = label
+        self.spec = spec
+        self.runner = OrtRunner(onnx_path, providers=["CPUExecutionProvider"])
+
+    def run(self, images: Sequence[np.ndarray], times: StageTimes) -> list[Detections]:
+        from .runtime.postprocess import postprocess
+        from .runtime.preprocess import preprocess
+
+        t = time.perf_counter()
+        batch = preprocess(images, self.spec)
+        times.pre.append(_ms(t))
+        t = time.perf_counter()
+        outputs = self.runner(batch.images, batch.image_sizes)
+        times.infer.append(_ms(t))
+        t = time.perf_counter()
+        result = postprocess(outputs, batch)
+        times.post.append(_ms(t))
+        return result
+
+
+def detections_agree(a: Detections, b: Detections, box_tol: float = 1e-2) -> bool:
+    """Same number of detections, same labels, boxes within ``box_tol`` px (after sorting)."""
+    if len(a) != len(b):
+        return False
+    if len(a) == 0:
+        return True
+    oa, ob = np.lexsort((a.boxes[:, 0], -a.scores)), np.lexsort((b.boxes[:, 0], -b.scores))
+    return bool(
+        np.array_equal(a.labels[oa], b.labels[ob])
+        and np.abs(a.boxes[oa] - b.boxes[ob]).max() <= box_tol
+    )
+
+
+def _interleaved(
+    sides: Sequence[Any], batches: Sequence[Sequence[np.ndarray]], reps: int
+) -> tuple[list[StageTimes], int, int]:
+    """Time every side on every batch ``reps`` times, alternating which side goes first."""
+    times = [StageTimes() for _ in sides]
+    agree = total = 0
+    for rep in range(reps):
+        for batch in batches:
+            order = list(range(len(sides)))
+            if rep % 2:
+                order.reverse()
+            results: dict[int, list[Detections]] = {}
+            for i in order:
+                results[i] = sides[i].run(batch, times[i])
+            if rep == 0:
+                for ref, other in zip(results[0], results[1]):
+                    total += 1
+                    agree += detections_agree(ref, other)
+    return times, agree, total
+
+
+def machine_facts() -> dict[str, Any]:
+    """Where the figures were taken: CPU, cores, library versions, commit."""
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit,
+    }
+
+
+def _child_peak_rss(
+    kind: str,
+    checkpoint: str,
+    arch: str | None,
+    onnx_path: str | None,
+    images: list[np.ndarray],
+    reps: int,
+    queue: Any,
+) -> None:
+    """Run one side alone in a fresh process and report its peak RSS (MiB)."""
+    spec, model = _load(checkpoint, arch)
+    side: Any = (
+        TorchvisionSide(model) if kind == "torch" else OnnxRuntimeSide(Path(onnx_path or ""), spec)
+    )
+    if kind != "torch":
+        del model
+    times = StageTimes()
+    for _ in range(reps):
+        for im in images:
+            side.run([im], times)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+def _peak_rss(
+    kind: str,
+    checkpoint: str,
+    arch: str | None,
+    onnx_path: str | None,
+    images: list[np.ndarray],
+    reps: int = 2,
+) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(
+        target=_child_peak_rss, args=(kind, checkpoint, arch, onnx_path, images, reps, queue)
+    )
+    proc.start()
+    try:
+        return float(queue.get(timeout=1800))
+    finally:
+        proc.join()
+
+
+def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
+    """A checkpoint, or (checkpoint == "") a random-weight ``arch`` keeping its top 100 boxes."""
+    from .checkpoint import load_checkpoint
+    from .specs import build_model, default_spec
+
+    if checkpoint:
+        return load_checkpoint(checkpoint, arch=arch)
+    import torch
+
+    torch.manual_seed(0)
+    # Random weights score every class ~1/num_classes: a zero threshold keeps the full K
+    # detections so that post-processing is measured at its realistic size.
+    spec = default_spec(arch or "maskrcnn_resnet50_fpn", box_score_thresh=0.0)
+    return spec, build_model(spec)
+
+
+def bench_end_to_end(
+    images: Sequence[np.ndarray],
+    checkpoint: str | os.PathLike[str] | None = None,
+    arch: str | None = None,
+    reps: int = 5,
+    batch_sizes: Sequence[int] = (1, 4),
+    measure_memory: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """torchvision eager vs the deploy graph in ONNX Runtime, same checkpoint, same images."""
+    from .export import export_onnx
+
+    ckpt = os.fspath(checkpoint) if checkpoint else ""
+    spec, model = _load(ckpt, arch)
+    report: dict[str, Any] = {
+        "model": spec.arch,
+        "images": len(images),
+        "image_size": [list(im.shape[:2]) for im in images[:1]],
+        "machine": machine_facts(),
+        "batches": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="maskrt-bench-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        log(f"exporting {spec.arch} ...")
+        export_onnx(spec, model, onnx_path)
+        sides = [TorchvisionSide(model), OnnxRuntimeSide(onnx_path, spec)]
+        for bs in batch_sizes:
+            batches = [list(images[i : i + bs]) for i in range(0, len(images) - bs + 1, bs)]
+            if not batches:
+                continue
+            log(f"batch {bs}: {len(batches)} batches x {reps} reps, interleaved ...")
+            sides[0].run(batches[0], StageTimes())  # warm-up, untimed
+            sides[1].run(batches[0], StageTimes())
+            times, agree, total = _interleaved(sides, batches, reps)
+            entry: dict[str, Any] = {"identical_detections": f"{agree}/{total}"}
+            for side, t in zip(sides, times):
+                s = t.summary()
+                s["images_per_s"] = bs * 1e3 / s["total"]["median"]
+                entry[side.name] = s
+            ref, ours = entry[sides[0].name], entry[sides[1].name]
+            entry["speedup"] = {k: ref[k]["median"] / ours[k]["median"] for k in (*STAGES, "total")}
+            report["batches"][str(bs)] = entry
+        if measure_memory:
+            log("peak RSS, one fresh process per side ...")
+            few = list(images[: min(4, len(images))])
+            report["peak_rss_mib"] = {
+                sides[0].name: _peak_rss("torch", ckpt, arch, None, few),
+                sides[1].name: _peak_rss("ort", ckpt, arch, str(onnx_path), few),
+            }
+    return report
+
+
+def bench_paste_masks(
+    num: int = 100, image_size: tuple[int, int] = (800, 1344), reps: int = 20, seed: int = 0
+) -> dict[str, Any]:
+    """maskrt's numpy mask pasting vs torchvision's paste_masks_in_image, identical inputs."""
+    import torch
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from .runtime.postprocess import paste_masks
+
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    masks = rng.random((num, 28, 28), dtype=np.float32)
+    xy = rng.uniform([0, 0], [w * 0.9, h * 0.9], size=(num, 2))
+    wh = rng.uniform(8, [w * 0.4, h * 0.4], size=(num, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    masks_t, boxes_t = torch.from_numpy(masks[:, None]), torch.from_numpy(boxes)
+
+    ours_ms, ref_ms = [], []
+    ours = ref = None
+    for rep in range(reps):
+        for which in (0, 1) if rep % 2 == 0 else (1, 0):
+            t = time.perf_counter()
+            if which == 0:
+                ours = paste_masks(masks, boxes, image_size)
+                ours_ms.append(_ms(t))
+            else:
+                ref = (paste_masks_in_image(masks_t, boxes_t, image_size) > 0.5)[:, 0].numpy()
+                ref_ms.append(_ms(t))
+    assert ours is not None and ref is not None
+    return {
+        "detections": num,
+        "image_size": list(image_size),
+        "identical": bool(np.array_equal(ours, ref)),
+        "maskrt numpy": _stats(ours_ms),
+        "torchvision": _stats(ref_ms),
+        "speedup": statistics.median(ref_ms) / statistics.median(ours_ms),
+        "machine": machine_facts(),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The end-to-end report as Markdown: ratios first, then per-stage medians and p90s."""
+    lines = [f"### {report['model']}, {report['images']} images of {report['image_size'][0]} px"]
+    for bs, entry in report["batches"].items():
+        sides = [k for k in entry if k not in ("identical_detections", "speedup")]
+        sp = entry["speedup"]
+        lines.append(
+            f"\nBatch {bs}: **{sp['total']:.2f}x** end to end (pre {sp['pre']:.2f}x, infer "
+            f"{sp['infer']:.2f}x, post {sp['post']:.2f}x); identical detections "
+            f"{entry['identical_detections']}\n"
+        )
+        lines.append("| side | pre ms | infer ms | post ms | total ms (median / p90) | images/s |")
+        lines.append("|---|---|---|---|---|---|")
+        for side in sides:
+            s = entry[side]
+            lines.append(
+                f"| {side} | {s['pre']['median']:.1f} | {s['infer']['median']:.1f} | "
+                f"{s['post']['median']:.1f} | {s['total']['median']:.1f} / {s['total']['p90']:.1f} "
+                f"| {s['images_per_s']:.2f} |"
+            )
+    if "peak_rss_mib" in report:
+        rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in report["peak_rss_mib"].items())
+        lines.append(f"\nPeak RSS (fresh process each): {rss}")
+    return "\n".join(lines)
