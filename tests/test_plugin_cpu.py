@@ -1,0 +1,286 @@
+"""The CPU RoIAlign library against torchvision (multi-level) and ONNX (single-level)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from _roialign_cases import BOX_KINDS, make_boxes, make_features, torchvision_multilevel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from maskrt.plugins import (
+    MultiLevelRoIAlignFields,
+    SingleRoIAlignFields,
+    multilevel_roi_align,
+    roi_align_single,
+)
+
+from maskrt.errors import MaskrtError
+
+FP32_TOL = 1e-5
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def multilevel_cases(draw: st.DrawFn) -> dict:
+    k0 = draw(st.sampled_from([2, 3]))
+    levels = draw(st.integers(1, 4))
+    aligned = draw(st.booleans())
+    sampling_ratio = draw(st.sampled_from([-1, 0, 1, 2, 3]))
+    kinds: tuple[str, ...] = BOX_KINDS
+    if aligned and sampling_ratio <= 0:
+        # torchvision's CPU kernel cannot size its sample table for these (see the test below)
+        kinds = tuple(k for k in BOX_KINDS if k != "negative")
+    return {
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "batch": draw(st.integers(1, 3)),
+        "num_rois": draw(st.sampled_from([0, 1, 5, 12])),
+        "channels": draw(st.integers(1, 4)),
+        "image_hw": (64 * draw(st.integers(1, 4)), 64 * draw(st.integers(1, 4))),
+        "scales": [2.0 ** -(k0 + i) for i in range(levels)],
+        "output_size": draw(st.sampled_from([1, 2, 7])),
+        "sampling_ratio": sampling_ratio,
+        "aligned": aligned,
+        "kinds": draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=3)),
+    }
+
+
+def _run(case: dict, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(case["seed"])
+    feats = make_features(rng, case["batch"], case["channels"], case["image_hw"], case["scales"])
+    n = case["num_rois"]
+    kinds = case["kinds"]
+    rois = np.stack(
+        [
+            np.concatenate([make_boxes(rng, n, case["image_hw"], k) for k in kinds])[
+                rng.permutation(n * len(kinds))[:n]
+            ]
+            for _ in range(case["batch"])
+        ]
+    ).reshape(case["batch"], n, 4)
+    fields = MultiLevelRoIAlignFields(
+        output_size=case["output_size"],
+        sampling_ratio=case["sampling_ratio"],
+        aligned=int(case["aligned"]),
+        spatial_scales=tuple(case["scales"]),
+    )
+    ours = multilevel_roi_align([f.astype(dtype) for f in feats], rois, fields)
+    # fp16 runs are compared with torchvision on the same (fp16-rounded) values in float32
+    ref_feats = [f.astype(dtype).astype(np.float32) for f in feats]
+    ref = torchvision_multilevel(
+        ref_feats,
+        rois,
+        case["output_size"],
+        case["sampling_ratio"],
+        case["aligned"],
+        case["scales"],
+        case["image_hw"],
+    )
+    return ours, ref
+
+
+@SETTINGS
+@given(multilevel_cases())
+def test_multilevel_matches_torchvision(case: dict) -> None:
+    ours, ref = _run(case)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_TOL)
+
+
+@settings(max_examples=20, deadline=None)
+@given(multilevel_cases())
+def test_multilevel_fp16_matches_torchvision(case: dict) -> None:
+    ours, ref = _run(case, np.float16)
+    assert ours.dtype == np.float16
+    np.testing.assert_allclose(ours.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_level_boundaries_choose_torchvision_levels() -> None:
+    """Boxes whose sqrt(area) is 224 * 2^k within +-64 float32 ulps: every level agrees."""
+    sides = []
+    for k in range(-3, 3):
+        exact = np.float32(224.0 * 2.0**k)
+        sides.append((exact.view(np.int32) + np.arange(-64, 65, dtype=np.int32)).view(np.float32))
+    side = np.concatenate(sides)
+    rois = np.zeros((1, side.size, 4), np.float32)
+    rois[0, :, 2] = side
+    rois[0, :, 3] = side
+    scales = [0.25, 0.125, 0.0625, 0.03125]
+    # level l holds the constant l + 1: the pooled value names the level that was chosen
+    feats = [np.full((1, 1, 512 >> lvl, 512 >> lvl), lvl + 1.0, np.float32) for lvl in range(4)]
+    fields = MultiLevelRoIAlignFields(1, 1, 0, tuple(scales))
+    ours = multilevel_roi_align(feats, rois, fields)[0, :, 0, 0, 0]
+    ref = torchvision_multilevel(feats, rois, 1, 1, False, scales, (2048, 2048))[0, :, 0, 0, 0]
+    np.testing.assert_array_equal(ours, ref)
+    assert set(np.unique(ours)) == {1.0, 2.0, 3.0, 4.0}
+
+
+def test_negative_boxes_aligned_adaptive_pool_zeros() -> None:
+    """x2 < x1 with aligned=1 and adaptive sampling: the sample grid is empty, the output zero.
+    (torchvision's CPU kernel raises "cannot create std::vector larger than max_size()" here.)"""
+    feats = [np.ones((1, 2, 16, 16), np.float32)]
+    rois = np.array([[[40.0, 10.0, 20.0, 50.0], [40.0, 50.0, 20.0, 10.0]]], np.float32)
+    out = multilevel_roi_align(feats, rois, MultiLevelRoIAlignFields(3, 0, 1, (0.25,)))
+    np.testing.assert_array_equal(out, 0.0)
+    with pytest.raises(ValueError):
+        torchvision_multilevel(feats, rois[:, :1], 3, 0, True, [0.25], (64, 64))
+
+
+def test_empty_and_large_batch() -> None:
+    fields = MultiLevelRoIAlignFields(7, 2, 0, (0.25, 0.125))
+    feats = [np.ones((5, 3, 16, 16), np.float32), np.ones((5, 3, 8, 8), np.float32)]
+    assert multilevel_roi_align(feats, np.zeros((5, 0, 4), np.float32), fields).shape == (
+        5,
+        0,
+        3,
+        7,
+        7,
+    )
+
+
+def test_accepts_torch_tensors() -> None:
+    rng = np.random.default_rng(0)
+    feats = make_features(rng, 1, 2, (64, 64), [0.25, 0.125])
+    rois = make_boxes(rng, 4, (64, 64), "normal")[None]
+    fields = MultiLevelRoIAlignFields(7, 2, 0, (0.25, 0.125))
+    a = multilevel_roi_align([torch.from_numpy(f) for f in feats], torch.from_numpy(rois), fields)
+    np.testing.assert_array_equal(a, multilevel_roi_align(feats, rois, fields))
+
+
+def test_bad_inputs_raise_maskrt_error() -> None:
+    fields = MultiLevelRoIAlignFields(7, 2, 0, (0.25, 0.125))
+    feats = [np.ones((1, 3, 16, 16), np.float32)]
+    with pytest.raises(MaskrtError, match="spatial scales"):
+        multilevel_roi_align(feats, np.zeros((1, 1, 4), np.float32), fields)
+    with pytest.raises(MaskrtError, match="rois must be"):
+        multilevel_roi_align(feats * 2, np.zeros((2, 1, 4), np.float32), fields)
+    with pytest.raises(MaskrtError, match="float32 or float16"):
+        multilevel_roi_align([f.astype(np.float64) for f in feats * 2], np.zeros((1, 1, 4)), fields)
+    with pytest.raises(MaskrtError, match="batch index"):
+        roi_align_single(
+            feats[0], np.zeros((1, 4), np.float32), np.array([3]), SingleRoIAlignFields(2, 2)
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# single-level mode: ONNX RoiAlign semantics
+
+
+def _onnx_roialign(x, rois, idx, attrs):  # type: ignore[no-untyped-def]
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("RoiAlign", ["X", "rois", "batch_indices"], ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "roialign",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [None] * 4),
+            helper.make_tensor_value_info("rois", TensorProto.FLOAT, [None, 4]),
+            helper.make_tensor_value_info("batch_indices", TensorProto.INT64, [None]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 4)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    onnx.checker.check_model(model)
+    return ReferenceEvaluator(model).run(None, {"X": x, "rois": rois, "batch_indices": idx})[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    batch=st.integers(1, 2),
+    num_rois=st.integers(0, 3),
+    out_hw=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    sampling_ratio=st.sampled_from([0, 1, 2]),
+    spatial_scale=st.sampled_from([1.0, 0.5, 0.25]),
+    ctm=st.sampled_from(["half_pixel", "output_half_pixel"]),
+    kind=st.sampled_from(BOX_KINDS),
+)
+def test_single_matches_onnx_reference(
+    seed: int,
+    batch: int,
+    num_rois: int,
+    out_hw: tuple[int, int],
+    sampling_ratio: int,
+    spatial_scale: float,
+    ctm: str,
+    kind: str,
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 2, 10, 12)).astype(np.float32)
+    rois = make_boxes(rng, num_rois, (12, 14), kind if kind != "huge" else "normal")
+    idx = rng.integers(0, batch, num_rois).astype(np.int64)
+    attrs = {
+        "output_height": out_hw[0],
+        "output_width": out_hw[1],
+        "sampling_ratio": sampling_ratio,
+        "spatial_scale": spatial_scale,
+        "coordinate_transformation_mode": ctm,
+        "mode": "avg",
+    }
+    fields = SingleRoIAlignFields.from_onnx_roialign(attrs)
+    ours = roi_align_single(x, rois, idx, fields)
+    if num_rois == 0:
+        assert ours.shape == (0, 2, *out_hw)
+        return
+    np.testing.assert_allclose(ours, _onnx_roialign(x, rois, idx, attrs), rtol=0, atol=FP32_TOL)
+
+
+def _onnx_backend_cases() -> list[tuple[str, Any, list[np.ndarray], list[np.ndarray]]]:
+    """The RoiAlign node tests the onnx package ships: from its data folder when installed,
+    else generated by its test-case module (the same models, inputs and expected outputs)."""
+    from pathlib import Path
+
+    import onnx
+    from onnx import numpy_helper
+
+    data = Path(onnx.__file__).parent / "backend" / "test" / "data" / "node"
+    cases: list[tuple[str, Any, list[np.ndarray], list[np.ndarray]]] = []
+    for d in sorted(data.glob("test_roialign_*")):
+        model = onnx.load(d / "model.onnx")
+        ds = d / "test_data_set_0"
+        load = [numpy_helper.to_array(onnx.load_tensor(p)) for p in sorted(ds.glob("input_*.pb"))]
+        expected = [
+            numpy_helper.to_array(onnx.load_tensor(p)) for p in sorted(ds.glob("output_*.pb"))
+        ]
+        cases.append((d.name, model, load, expected))
+    if cases:
+        return cases
+    from onnx.backend.test.case import node as node_cases
+    from onnx.backend.test.case.node.roialign import RoiAlign
+
+    for name in dir(RoiAlign):
+        if name.startswith("export_roialign"):
+            try:
+                getattr(RoiAlign, name)()
+            except ValueError:  # already generated in this process
+                pass
+    for case in node_cases._NodeTestCases:
+        if case.name.startswith("test_roialign") and case.model is not None and case.data_sets:
+            inputs, outputs = case.data_sets[0]
+            cases.append((case.name, case.model, list(inputs), list(outputs)))
+    return cases
+
+
+def test_single_matches_onnx_backend_cases() -> None:
+    from onnx import helper
+
+    cases = _onnx_backend_cases()
+    assert cases, "onnx ships RoiAlign backend test cases"
+    ran = 0
+    for name, model, inputs, expected in cases:
+        node = model.graph.node[0]  # type: ignore[attr-defined]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("mode", b"avg") in (b"max", "max"):
+            with pytest.raises(MaskrtError, match="not supported"):
+                SingleRoIAlignFields.from_onnx_roialign(attrs)
+            continue
+        fields = SingleRoIAlignFields.from_onnx_roialign(attrs)
+        ours = roi_align_single(inputs[0], inputs[1], inputs[2], fields)
+        np.testing.assert_allclose(ours, expected[0], rtol=0, atol=1e-4, err_msg=name)
+        ran += 1
+    assert ran >= 2
