@@ -12,7 +12,10 @@ An exported maskrt graph has two inputs and padded, fixed-rank outputs::
     scores          float32 [B, K]
     labels          int32   [B, K]         1..num_classes-1 (0 on padding rows)
     masks           float32 [B, K, 28, 28] mask probabilities of the predicted class (Mask R-CNN)
-    keypoints       float32 [B, K, 17, 3]  x, y, score (Keypoint R-CNN)
+    keypoint_logits float32 [B, K, 17, 56, 56]  heatmap logits (Keypoint R-CNN): torchvision's
+                                           heatmaps_to_keypoints resizes each heatmap to a
+                                           RoI-dependent size, so the runtime decodes them
+                                           (exactly, in numpy).
 
 K is the spec's ``box_detections_per_img``. Rows are sorted by descending score, as torchvision
 returns them. The ONNX metadata (``metadata_props``) carries the keys below.
@@ -33,7 +36,9 @@ OUTPUT_BOXES = "boxes"
 OUTPUT_SCORES = "scores"
 OUTPUT_LABELS = "labels"
 OUTPUT_MASKS = "masks"
-OUTPUT_KEYPOINTS = "keypoints"
+OUTPUT_KEYPOINTS = "keypoints"  # decoded keypoints (runtime side); not a deploy-graph output
+OUTPUT_KEYPOINT_LOGITS = "keypoint_logits"
+KEYPOINT_HEATMAP_SIZE = 56
 
 # metadata_props keys of an exported graph
 META_CONTRACT_VERSION = "maskrt.contract_version"
@@ -57,7 +62,7 @@ def output_names(has_masks: bool, has_keypoints: bool) -> tuple[str, ...]:
     if has_masks:
         names.append(OUTPUT_MASKS)
     if has_keypoints:
-        names.append(OUTPUT_KEYPOINTS)
+        names.append(OUTPUT_KEYPOINT_LOGITS)
     return tuple(names)
 
 
@@ -73,6 +78,11 @@ def io_specs(
         OUTPUT_LABELS: TensorSpec(OUTPUT_LABELS, "int32", ("B", k)),
         OUTPUT_MASKS: TensorSpec(OUTPUT_MASKS, "float32", ("B", k, MASK_SIZE, MASK_SIZE)),
         OUTPUT_KEYPOINTS: TensorSpec(OUTPUT_KEYPOINTS, "float32", ("B", k, num_keypoints, 3)),
+        OUTPUT_KEYPOINT_LOGITS: TensorSpec(
+            OUTPUT_KEYPOINT_LOGITS,
+            "float32",
+            ("B", k, num_keypoints, KEYPOINT_HEATMAP_SIZE, KEYPOINT_HEATMAP_SIZE),
+        ),
     }
     inputs = (
         TensorSpec(INPUT_IMAGES, "float32", ("B", 3, "H", "W")),

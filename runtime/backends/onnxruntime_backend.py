@@ -1,0 +1,126 @@
+"""ONNX Runtime backend: runs a maskrt deploy graph (plain or with plugin nodes)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maskrt import contract
+from maskrt.errors import MaskrtError
+from maskrt.specs import ModelSpec, SpecError
+
+# Domains ONNX Runtime implements itself; any other domain is a custom (plugin) op.
+_BUILTIN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def read_graph_facts(path: str | os.PathLike[str]) -> tuple[dict[str, str], set[str]]:
+    """(metadata_props, custom op types) of an ONNX file, without loading its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a non-ONNX file
+        raise MaskrtError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    # Ops defined by a local ONNX function (the exporter's MultiScaleRoIAlign) run as is.
+    local = {(f.domain, f.name) for f in model.functions}
+    custom = {
+        n.op_type
+        for n in model.graph.node
+        if n.domain not in _BUILTIN_DOMAINS and (n.domain, n.op_type) not in local
+    }
+    return meta, custom
+
+
+def spec_from_metadata(meta: Mapping[str, str], source: str) -> ModelSpec:
+    """The ModelSpec an exported graph carries; refuses graphs of another contract version."""
+    if contract.META_MODEL_SPEC not in meta:
+        raise MaskrtError(f"{source} is not a maskrt deploy graph (no {contract.META_MODEL_SPEC})")
+    version = meta.get(contract.META_CONTRACT_VERSION)
+    if version != contract.CONTRACT_VERSION:
+        raise MaskrtError(
+            f"{source} follows deploy contract {version}; this maskrt reads "
+            f"{contract.CONTRACT_VERSION} (re-export it)"
+        )
+    try:
+        return ModelSpec.from_json(meta[contract.META_MODEL_SPEC])
+    except (SpecError, ValueError, TypeError) as e:
+        raise MaskrtError(f"{source} carries a bad model spec: {e}") from None
+
+
+def _plugin_session_options(path: Path) -> Any:
+    """SessionOptions with maskrt's plugin ops registered for the CPU (maskrt.plugins.ort)."""
+    try:
+        from maskrt.plugins.ort import ort_session_options
+    except ImportError as e:
+        raise MaskrtError(
+            f"this graph holds maskrt plugin nodes but their ONNX Runtime ops cannot load ({e})"
+        ) from None
+    return ort_session_options(model=os.fspath(path))
+
+
+def _static(dim: Any) -> int | None:
+    return dim if isinstance(dim, int) else None
+
+
+class OrtRunner:
+    """Runs a deploy graph's ``(images, image_sizes) -> outputs`` with ONNX Runtime."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        meta, custom_ops = read_graph_facts(self.path)
+        self.spec = spec_from_metadata(meta, str(self.path))
+        self.surgered = meta.get(contract.META_SURGERED) == "1" or bool(custom_ops)
+        options = _plugin_session_options(self.path) if self.surgered else ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [
+                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+            ]
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(self.path), sess_options=options, providers=list(providers)
+            )
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MaskrtError(f"ONNX Runtime cannot load {self.path}: {first}") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        expected = {contract.INPUT_IMAGES, contract.INPUT_IMAGE_SIZES}
+        if set(inputs) != expected:
+            raise MaskrtError(
+                f"{self.path} has inputs {sorted(inputs)}, the deploy contract {sorted(expected)}"
+            )
+        shape = inputs[contract.INPUT_IMAGES].shape
+        self.max_batch_size = _static(shape[0])
+        h, w = _static(shape[2]), _static(shape[3])
+        self.fixed_size = (h, w) if h is not None and w is not None else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        wanted = contract.output_names(self.spec.has_masks, self.spec.has_keypoints)
+        if tuple(self.output_names) != wanted:
+            raise MaskrtError(
+                f"{self.path} has outputs {self.output_names}, expected {list(wanted)}"
+            )
+
+    def __call__(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {
+            contract.INPUT_IMAGES: np.ascontiguousarray(images, np.float32),
+            contract.INPUT_IMAGE_SIZES: np.ascontiguousarray(image_sizes, np.int32),
+        }
+        outputs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs))
+
+    def close(self) -> None:
+        self.session = None

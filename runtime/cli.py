@@ -1,0 +1,148 @@
+"""``maskrt infer`` and ``maskrt build``: thin click verbs over the runtime's library functions."""
+
+from __future__ import annotations
+
+import click
+
+from .predictor import BACKENDS
+
+
+@click.command("infer")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for detections.json, images.json and overlays/.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Default: torch for .pt, onnxruntime for .onnx, tensorrt for .engine.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
+@click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def infer_command(
+    artifact: str,
+    images: tuple[str, ...],
+    out_dir: str,
+    backend: str | None,
+    batch_size: int,
+    score_threshold: float,
+    arch: str | None,
+    force: bool,
+    progress: bool,
+) -> None:
+    """Detect on IMAGES (files or folders) with ARTIFACT; write COCO JSON and overlay PNGs."""
+    from .infer import run_inference
+
+    options = {"arch": arch} if arch else {}
+    result = run_inference(
+        artifact,
+        list(images),
+        out_dir,
+        backend=backend,
+        batch_size=batch_size,
+        score_threshold=score_threshold,
+        force=force,
+        show_progress=progress,
+        **options,
+    )
+    click.echo(
+        f"{result.num_detections} detections in {len(result.overlays)} images -> "
+        f"{result.detections_json} and {result.detections_json.parent / 'overlays'}"
+    )
+
+
+@click.command("build")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option(
+    "--output",
+    "-o",
+    "engine",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Engine file to write (its sidecar goes beside it as ENGINE.json).",
+)
+@click.option("--min", "mins", multiple=True, metavar="NAME:DxD..", help="Minimum input shape.")
+@click.option("--opt", "opts", multiple=True, metavar="NAME:DxD..", help="Optimal input shape.")
+@click.option("--max", "maxs", multiple=True, metavar="NAME:DxD..", help="Maximum input shape.")
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Largest batch of the default profile (dynamic batch graphs).",
+)
+@click.option(
+    "--profiles",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Copies of the profile, one per concurrent execution context.",
+)
+@click.option(
+    "--workspace",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Builder workspace limit in GiB.",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Timing cache file: read if present, updated after the build.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing engine.")
+def build_command(
+    onnx_path: str,
+    engine: str,
+    mins: tuple[str, ...],
+    opts: tuple[str, ...],
+    maxs: tuple[str, ...],
+    max_batch: int,
+    profiles: int,
+    workspace: float | None,
+    timing_cache: str | None,
+    force: bool,
+) -> None:
+    """Build a TensorRT engine from a (surgered) deploy ONNX graph."""
+    from pathlib import Path
+
+    from maskrt.errors import MaskrtError
+
+    from .backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
+    from .profiles import apply_overrides, default_profile, onnx_input_dims, parse_shape_args
+
+    if not Path(onnx_path).is_file():
+        raise MaskrtError(f"{onnx_path} does not exist")
+    meta, _ = read_graph_facts(onnx_path)
+    spec = spec_from_metadata(meta, onnx_path)
+    profile = apply_overrides(
+        default_profile(onnx_input_dims(onnx_path), spec, max_batch),
+        parse_shape_args(mins),
+        parse_shape_args(opts),
+        parse_shape_args(maxs),
+    )
+    from .trt.build import build_engine
+
+    sidecar = build_engine(
+        onnx_path,
+        engine,
+        profile,
+        num_profiles=profiles,
+        workspace_gib=workspace,
+        timing_cache=timing_cache,
+        force=force,
+    )
+    click.echo(
+        f"{engine}: TensorRT {sidecar.machine.tensorrt_version}, {sidecar.machine.gpu_name}, "
+        f"precision {sidecar.precision}"
+    )

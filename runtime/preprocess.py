@@ -1,0 +1,102 @@
+"""Images -> the deploy graph's inputs, as torchvision's ``GeneralizedRCNNTransform`` resizes.
+
+The deploy graph (see :mod:`maskrt.contract`) normalises inside, so the runtime only resizes
+and pads: images stay in [0, 1] and the padding is the spec's ``image_mean``, which the graph's
+``(x - mean) / std`` turns into the zeros that torchvision pads with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from maskrt.contract import SIZE_DIVISIBLE
+from maskrt.errors import MaskrtError
+from maskrt.specs import ModelSpec
+
+from .interpolate import resize_bilinear
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Graph inputs plus what postprocessing needs to map results back.
+
+    images          float32 [B, 3, H, W]  resized RGB in [0, 1], mean-padded to multiples of 32
+    image_sizes     int32   [B, 2]        (height, width) of each resized image
+    original_sizes  (height, width) of each input image
+    """
+
+    images: np.ndarray
+    image_sizes: np.ndarray
+    original_sizes: tuple[tuple[int, int], ...]
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """torchvision's output size: scale so the short side is ``min_size`` unless the long side
+    would exceed ``max_size``; ``F.interpolate(recompute_scale_factor=True)`` floors."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(math.floor(float(height) * scale)), int(math.floor(float(width) * scale))
+
+
+def resize_image(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> float32 [3, h, w] in [0, 1], resized like torchvision."""
+    check_image(image)
+    h, w = resized_size(image.shape[0], image.shape[1], min_size, max_size)
+    if h < 1 or w < 1:
+        raise MaskrtError(
+            f"image of {image.shape[1]}x{image.shape[0]} pixels is too elongated to resize"
+        )
+    scaled = image.astype(np.float32) / np.float32(255.0)
+    # A linear resize commutes with torchvision's per-channel normalisation up to rounding.
+    out = resize_bilinear(scaled, h, w, exact=False)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def check_image(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise MaskrtError(
+            f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {list(image.shape)}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise MaskrtError(f"empty image of shape {list(image.shape)}")
+
+
+def padded_size(sizes: Sequence[tuple[int, int]], divisor: int = SIZE_DIVISIBLE) -> tuple[int, int]:
+    """The batch's (H, W): the largest height and width rounded up to ``divisor``."""
+    h = max(s[0] for s in sizes)
+    w = max(s[1] for s in sizes)
+    return int(math.ceil(h / divisor) * divisor), int(math.ceil(w / divisor) * divisor)
+
+
+def preprocess(
+    images: Sequence[np.ndarray],
+    spec: ModelSpec,
+    fixed_size: tuple[int, int] | None = None,
+) -> Batch:
+    """Resize and batch RGB uint8 [H, W, 3] images for the deploy graph.
+
+    ``fixed_size`` pads to that (H, W) instead of the batch's own size (an engine built for
+    one shape); it must hold every resized image and be a multiple of 32.
+    """
+    if not images:
+        raise MaskrtError("no images to preprocess")
+    resized = [resize_image(im, spec.min_size, spec.max_size) for im in images]
+    sizes = [(r.shape[1], r.shape[2]) for r in resized]
+    if fixed_size is None:
+        height, width = padded_size(sizes)
+    else:
+        height, width = fixed_size
+        if any(h > height or w > width for h, w in sizes):
+            raise MaskrtError(f"a resized image {max(sizes)} does not fit the fixed {fixed_size}")
+    batch = np.empty((len(images), 3, height, width), np.float32)
+    batch[:] = np.asarray(spec.image_mean, np.float32)[None, :, None, None]
+    for i, r in enumerate(resized):
+        batch[i, :, : r.shape[1], : r.shape[2]] = r
+    return Batch(
+        images=batch,
+        image_sizes=np.asarray(sizes, np.int32).reshape(len(images), 2),
+        original_sizes=tuple((int(im.shape[0]), int(im.shape[1])) for im in images),
+    )

@@ -1,0 +1,105 @@
+"""TensorRT import, logger, plugin library loading and the facts of this machine."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from maskrt.errors import MaskrtError
+
+from ..sidecar import MachineFacts
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+NOT_INSTALLED = "TensorRT is not installed; install maskrt[trt] on a machine with TensorRT"
+
+
+def tensorrt() -> ModuleType:
+    """The tensorrt module, or a clear MaskrtError where it is missing."""
+    try:
+        module = importlib.import_module("tensorrt")
+    except ImportError:
+        raise MaskrtError(NOT_INSTALLED) from None
+    # tensorrt-stubs alone leaves a bare namespace package named tensorrt: not TensorRT.
+    if not hasattr(module, "Builder"):
+        raise MaskrtError(NOT_INSTALLED)
+    return module
+
+
+def trt_major() -> int:
+    return int(tensorrt().__version__.split(".")[0])
+
+
+@functools.lru_cache(maxsize=1)
+def logger() -> trt.Logger:
+    """One process-wide logger (TensorRT expects a single one)."""
+    mod = tensorrt()
+    log: trt.Logger = mod.Logger(mod.Logger.WARNING)
+    return log
+
+
+def plugin_library() -> Path | None:
+    """Path of the built maskrt plugin library, or None where it was not built."""
+    try:
+        plugins = importlib.import_module("maskrt.plugins")
+    except ImportError:
+        return None
+    locate = getattr(plugins, "plugin_library_path", None)
+    if locate is None:
+        return None
+    try:
+        path = locate()
+    except (MaskrtError, OSError, FileNotFoundError):
+        return None
+    return Path(path) if path is not None and Path(path).is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def plugin_sha256() -> str | None:
+    lib = plugin_library()
+    return None if lib is None else _sha256(os.fspath(lib))
+
+
+_loaded: set[str] = set()
+
+
+def load_plugins() -> Path | None:
+    """Register maskrt's plugin creators with TensorRT, once per process.
+
+    The library lists its creators through ``getCreators`` (IPluginRegistry::loadLibrary), so
+    it is loaded through the plugin registry rather than with ctypes.
+    """
+    lib = plugin_library()
+    if lib is None:
+        return None
+    key = os.fspath(lib)
+    if key not in _loaded:
+        mod = tensorrt()
+        registry: trt.IPluginRegistry = mod.get_plugin_registry()
+        registry.load_library(key)
+        _loaded.add(key)
+    return lib
+
+
+def machine_facts() -> MachineFacts:
+    """TensorRT version, GPU and plugin library hash of this machine."""
+    from ._cuda import device_facts
+
+    version = str(tensorrt().__version__)
+    name, cc = device_facts()
+    return MachineFacts(
+        tensorrt_version=version,
+        gpu_name=name,
+        compute_capability=cc,
+        plugin_sha256=plugin_sha256(),
+    )
