@@ -36,11 +36,13 @@ def main() -> None:
 
 def _register() -> None:
     from . import commands
+    from .export.cli import export_command
+    from .plugins.surgery_cli import surgery_command
+    from .runtime.cli import build_command, infer_command
 
-    for command in commands.COMMANDS:
+    stage_commands = [export_command, surgery_command, build_command, infer_command]
+    for command in [*commands.COMMANDS, *stage_commands]:
         main.add_command(command)
-    # Stage verbs: each stage owns its cli module.
-    # (stages add their registration lines below)
 
 
 _register()

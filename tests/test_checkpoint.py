@@ -98,7 +98,9 @@ def test_spec_validation_and_json_round_trip() -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_builds_with_its_thresholds(arch: str) -> None:
-    spec = default_spec(arch, box_score_thresh=0.25, box_detections_per_img=17, rpn_post_nms_top_n_test=99)
+    spec = default_spec(
+        arch, box_score_thresh=0.25, box_detections_per_img=17, rpn_post_nms_top_n_test=99
+    )
     model = build_model(spec)
     assert model.roi_heads.score_thresh == 0.25
     assert model.roi_heads.detections_per_img == 17

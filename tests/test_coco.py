@@ -17,7 +17,7 @@ from maskrt.errors import MaskrtError
 
 
 def _noisy_detections(coco: COCO, seed: int) -> dict[int, Detections]:
-    """Ground truth perturbed (shifted boxes, eroded masks, random scores, some misses/false hits)."""
+    """Ground truth perturbed: shifted boxes and masks, random scores, misses, false hits."""
     rng = np.random.default_rng(seed)
     out = {}
     for image_id, img in coco.imgs.items():
@@ -61,7 +61,9 @@ def test_equals_pycocotools_directly(shapes_dataset: Path) -> None:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        assert [scores.stats[iou_type][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == list(ev.stats[:6])
+        assert [
+            scores.stats[iou_type][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        ] == list(ev.stats[:6])
 
 
 def test_perfect_detections_score_one(shapes_dataset: Path) -> None:
@@ -70,7 +72,18 @@ def test_perfect_detections_score_one(shapes_dataset: Path) -> None:
     for image_id in coco.imgs:
         anns = coco.imgToAnns[image_id]
         dets[image_id] = Detections(
-            boxes=np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32),
+            boxes=np.asarray(
+                [
+                    [
+                        a["bbox"][0],
+                        a["bbox"][1],
+                        a["bbox"][0] + a["bbox"][2],
+                        a["bbox"][1] + a["bbox"][3],
+                    ]
+                    for a in anns
+                ],
+                np.float32,
+            ),
             scores=np.ones(len(anns), np.float32),
             labels=np.asarray([a["category_id"] for a in anns]),
             masks=np.stack([coco.annToMask(a).astype(bool) for a in anns]),
