@@ -38,15 +38,13 @@ def save_checkpoint(path: str | os.PathLike[str], spec: ModelSpec, model: Any) -
 
 
 def _read(path: Path) -> Any:
-    import pickle
-
     import torch
 
     if not path.is_file():
         raise MaskrtError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # the unpickler raises anything (KeyError, struct.error, ...) on junk
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MaskrtError(f"{path} is not a loadable PyTorch checkpoint ({first})") from None
 

@@ -6,6 +6,7 @@ input are one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -26,6 +27,17 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug or an unforeseen input: still one line, unless debugging
+            if os.environ.get("MASKRT_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(
+                f"Error: unexpected {type(e).__name__}: {first} (set MASKRT_DEBUG=1 for details)",
+                err=True,
+            )
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +53,9 @@ def _register() -> None:
     from .runtime.cli import build_command, infer_command
 
     stage_commands = [export_command, surgery_command, build_command, infer_command]
+    from .calibration.cli import calibrate_command, validate_command
+
+    stage_commands += [calibrate_command, validate_command]
     for command in [*commands.COMMANDS, *stage_commands]:
         main.add_command(command)
 
