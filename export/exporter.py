@@ -1,0 +1,274 @@
+"""``export_onnx``: a torchvision detector -> a deploy-ready, static-shape ONNX file.
+
+Steps: wrap the model in :class:`~maskrt.export.deploy.DeployModel`, trace it (one call, in
+:mod:`maskrt.export.tracing`), add the ``maskrt::MultiScaleRoIAlign`` function definition, stamp
+the I/O contract shapes and the metadata, verify (ONNX checker with full_check, strict shape
+inference, no Loop/If) and write the file atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import TensorProto, helper
+from tqdm import tqdm
+
+from maskrt import contract
+from maskrt.errors import MaskrtError
+from maskrt.fileio import atomic_path, check_writable
+from maskrt.specs import ModelSpec
+
+from .deploy import DeployModel
+from .functions import multiscale_roi_align_function
+from .ops import DOMAIN, DOMAIN_VERSION, MULTISCALE_ROI_ALIGN
+from .tracing import trace_to_onnx
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode
+MAX_OPSET = 20  # the TorchScript-based exporter's newest
+IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; 10 has everything we use
+FORBIDDEN_OPS = ("Loop", "If", "Scan")
+
+# Debug outputs (``with_proposals``), after the contract's: not part of the deploy contract.
+DEBUG_OUTPUTS = ("proposals", "num_proposals")
+
+_NP_TO_ONNX = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64}
+
+
+@dataclass
+class ExportSummary:
+    """What was written: node counts by op type, the I/O with shapes, the RoIAlign units."""
+
+    path: Path
+    opset: int
+    node_counts: dict[str, int]
+    inputs: list[tuple[str, str, tuple[str | int, ...]]]
+    outputs: list[tuple[str, str, tuple[str | int, ...]]]
+    units: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(self.node_counts.values())
+
+    def __str__(self) -> str:
+        def io(rows: list[tuple[str, str, tuple[str | int, ...]]]) -> list[str]:
+            return [f"  {n:<16} {t:<8} [{', '.join(str(d) for d in s)}]" for n, t, s in rows]
+
+        lines = [f"wrote {self.path} (opset {self.opset}, {self.num_nodes} nodes)", "inputs:"]
+        lines += io(self.inputs)
+        lines.append("outputs:")
+        lines += io(self.outputs)
+        lines.append(f"RoIAlign units ({DOMAIN}::{MULTISCALE_ROI_ALIGN}):")
+        for u in self.units:
+            lines.append("  " + ", ".join(f"{k}={v}" for k, v in u.items()))
+        lines.append("nodes by type:")
+        counts = sorted(self.node_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += [f"  {op:<24} {c}" for op, c in counts]
+        return "\n".join(lines)
+
+
+def _example_inputs(
+    spec: ModelSpec, batch: int | None, height: int | None, width: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tracing inputs: two images of different sizes unless the batch is fixed."""
+    b = batch or 2
+    div = contract.SIZE_DIVISIBLE
+    h = height or 256
+    w = width or 256
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, h, w, generator=g)
+    sizes = torch.tensor(
+        [[h, w]] + [[h - div // 2, w - div] for _ in range(b - 1)], dtype=torch.int32
+    )
+    sizes = sizes.clamp(min=div)
+    return images, sizes
+
+
+def _check_size(name: str, value: int | None) -> None:
+    if value is not None and (value <= 0 or value % contract.SIZE_DIVISIBLE):
+        raise MaskrtError(
+            f"--{name} must be a positive multiple of {contract.SIZE_DIVISIBLE}, got {value}"
+        )
+
+
+def _stamp_io(
+    model: onnx.ModelProto, specs: tuple[contract.TensorSpec, ...], fixed: dict[str, int]
+) -> None:
+    """Give the graph inputs/outputs exactly the contract's names, types and shapes."""
+    graph = model.graph
+    by_name = {v.name: v for v in list(graph.input) + list(graph.output)}
+    for ts in specs:
+        v = by_name.get(ts.name)
+        if v is None:
+            raise MaskrtError(f"internal: traced graph lacks {ts.name!r}")
+        shape = [fixed.get(d, d) if isinstance(d, str) else d for d in ts.shape]
+        new = helper.make_tensor_value_info(ts.name, _NP_TO_ONNX[ts.dtype], shape)
+        v.CopyFrom(new)
+    # Let shape inference recompute intermediate shapes from scratch.
+    del graph.value_info[:]
+
+
+def _describe(vi: onnx.ValueInfoProto) -> tuple[str, str, tuple[str | int, ...]]:
+    t = vi.type.tensor_type
+    dims = tuple(d.dim_param if d.HasField("dim_param") else d.dim_value for d in t.shape.dim)
+    return vi.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims
+
+
+def unit_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The RoIAlign unit nodes of a deploy graph, found structurally (domain + op type)."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == MULTISCALE_ROI_ALIGN]
+
+
+def verify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Check a deploy graph; return it with inferred shapes. Raises MaskrtError on a defect."""
+    ops = Counter(n.op_type for n in model.graph.node)
+    bad = [op for op in FORBIDDEN_OPS if ops.get(op)]
+    if bad:
+        raise MaskrtError(f"internal: deploy graph contains {', '.join(bad)}")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            model, check_type=True, strict_mode=True, data_prop=True
+        )
+        onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise MaskrtError(f"internal: exported graph fails ONNX checks: {first}") from None
+    return inferred
+
+
+def build_onnx(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    batch: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    with_proposals: bool = False,
+    step: Callable[[str], None] | None = None,
+) -> onnx.ModelProto:
+    """The deploy graph of ``model`` (built from ``spec``) as an in-memory, checked ModelProto.
+
+    ``with_proposals`` adds the debug outputs ``proposals`` [B, post_nms_top_n, 4] and
+    ``num_proposals`` [B] (for tests; not part of the contract). ``step(name)`` is called as each
+    stage starts (trace, assemble, verify), for progress display.
+    """
+    step = step or (lambda name: None)
+    if opset < MIN_OPSET:
+        raise MaskrtError(
+            f"--opset must be >= {MIN_OPSET} (RoiAlign coordinate modes), got {opset}"
+        )
+    if (height is None) != (width is None):
+        raise MaskrtError("give both --height and --width, or neither")
+    _check_size("height", height)
+    _check_size("width", width)
+    if batch is not None and batch <= 0:
+        raise MaskrtError(f"--batch must be positive, got {batch}")
+
+    deploy = DeployModel(model.eval(), with_proposals=with_proposals).eval()
+    if deploy.has_keypoints != spec.has_keypoints or deploy.has_masks != spec.has_masks:
+        raise MaskrtError(f"model does not match its spec's architecture {spec.arch}")
+    specs = contract.io_specs(
+        spec.box_detections_per_img, spec.has_masks, spec.has_keypoints, spec.num_keypoints
+    )
+    if with_proposals:
+        specs += (
+            contract.TensorSpec(DEBUG_OUTPUTS[0], "float32", ("B", deploy.post_nms_top_n, 4)),
+            contract.TensorSpec(DEBUG_OUTPUTS[1], "int32", ("B",)),
+        )
+    names = [s.name for s in specs]
+    in_names, out_names = names[:2], names[2:]
+    fixed = {k: v for k, v in (("B", batch), ("H", height), ("W", width)) if v is not None}
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for s in specs:
+        axes = {i: d for i, d in enumerate(s.shape) if isinstance(d, str) and d not in fixed}
+        if axes:
+            dynamic_axes[s.name] = axes
+
+    example = _example_inputs(spec, batch, height, width)
+    step("trace")
+    onnx_model = trace_to_onnx(deploy, example, in_names, out_names, dynamic_axes, opset)
+
+    step("assemble")
+    units = unit_nodes(onnx_model)
+    expected_units = 1 + int(spec.has_masks) + int(spec.has_keypoints)
+    if len(units) != expected_units:
+        raise MaskrtError(
+            f"internal: {len(units)} RoIAlign units traced, expected {expected_units}"
+        )
+    num_levels = {len(n.input) - 1 for n in units}
+    if len(num_levels) != 1:
+        raise MaskrtError("internal: RoIAlign units with different numbers of feature levels")
+    onnx_model.functions.append(multiscale_roi_align_function(num_levels.pop(), opset))
+    if not any(o.domain == DOMAIN for o in onnx_model.opset_import):
+        onnx_model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    onnx_model.ir_version = IR_VERSION
+    _stamp_io(onnx_model, specs, fixed)
+    onnx_model.producer_name = "maskrt"
+    helper.set_model_props(
+        onnx_model,
+        {
+            contract.META_CONTRACT_VERSION: contract.CONTRACT_VERSION,
+            contract.META_MODEL_SPEC: spec.to_json(),
+            contract.META_PRECISION: "fp32",
+            contract.META_SURGERED: "0",
+        },
+    )
+    step("verify")
+    return verify(onnx_model)
+
+
+def summarize(model: onnx.ModelProto, path: str | os.PathLike[str], opset: int) -> ExportSummary:
+    units = []
+    for n in unit_nodes(model):
+        units.append({a.name: helper.get_attribute_value(a) for a in n.attribute})
+    return ExportSummary(
+        path=Path(path),
+        opset=opset,
+        node_counts=dict(Counter(n.op_type for n in model.graph.node)),
+        inputs=[_describe(v) for v in model.graph.input],
+        outputs=[_describe(v) for v in model.graph.output],
+        units=units,
+    )
+
+
+def export_onnx(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    batch: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    progress: bool = True,
+) -> ExportSummary:
+    """Export ``model`` (an eval-mode torchvision detector built from ``spec``) to ``path``.
+
+    ``batch``, ``height`` and ``width`` fix those input dimensions (default: dynamic). The file
+    holds the contract's inputs/outputs (:mod:`maskrt.contract`), one ``maskrt::MultiScaleRoIAlign``
+    node per RoI head with its ONNX function definition, and the model spec in its metadata.
+    """
+    target = check_writable(path, force)
+    with tqdm(total=4, desc=f"export {spec.arch}", disable=not progress, leave=False) as bar:
+
+        def step(name: str) -> None:
+            if bar.n or name != "trace":
+                bar.update(1)
+            bar.set_postfix_str(name)
+
+        onnx_model = build_onnx(
+            spec, model, batch=batch, height=height, width=width, opset=opset, step=step
+        )
+        step("write")
+        with atomic_path(target) as tmp:
+            onnx.save(onnx_model, str(tmp))
+        bar.update(1)
+    return summarize(onnx_model, target, opset)

@@ -1,0 +1,171 @@
+"""The ONNX model-local function that defines ``maskrt::MultiScaleRoIAlign`` in standard ops.
+
+Body (per call, with M = B * N RoIs)::
+
+    level  = clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)) - k_min
+    pooled = RoiAlign(feature_l, rois * spatial_scales[l], batch_index)   for every level l
+    out    = pooled of each RoI's own level, reshaped to [B, N, C, P, P]
+
+All constants come from the node's attributes (``ref_attr_name``), so one function serves the
+box, mask and keypoint units; ONNX Runtime inlines it and runs the file unchanged. Scaling the
+RoIs before RoiAlign (spatial_scale=1) is exact: the FPN scales are powers of two.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import onnx
+from onnx import AttributeProto, FunctionProto, TensorProto, helper
+
+from .ops import DOMAIN, LEVEL_EPS, MULTISCALE_ROI_ALIGN
+
+ATTRIBUTE_NAMES = (
+    "output_size",
+    "sampling_ratio",
+    "aligned",
+    "spatial_scales",
+    "canonical_scale",
+    "canonical_level",
+)
+
+
+def _ref(name: str, attr_type: Any, ref: str) -> AttributeProto:
+    a = AttributeProto()
+    a.name = name
+    a.type = attr_type
+    a.ref_attr_name = ref
+    return a
+
+
+def _const(name: str, value: float | int | list[int]) -> onnx.NodeProto:
+    if isinstance(value, list):
+        t = helper.make_tensor(name, TensorProto.INT64, [len(value)], value)
+    elif isinstance(value, int):
+        t = helper.make_tensor(name, TensorProto.INT64, [], [value])
+    else:
+        t = helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+    return helper.make_node("Constant", [], [name], value=t)
+
+
+def multiscale_roi_align_function(num_levels: int, opset: int) -> FunctionProto:
+    """``maskrt::MultiScaleRoIAlign(feature_0, ..., feature_{L-1}, rois) -> pooled``."""
+    feats = [f"feature_{i}" for i in range(num_levels)]
+    n: list[onnx.NodeProto] = []
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        n.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    # Attribute-driven constants.
+    scales = helper.make_node("Constant", [], ["scales"])
+    scales.attribute.append(_ref("value_floats", AttributeProto.FLOATS, "spatial_scales"))
+    canon_scale = helper.make_node("Constant", [], ["canon_scale_i"])
+    canon_scale.attribute.append(_ref("value_int", AttributeProto.INT, "canonical_scale"))
+    canon_level = helper.make_node("Constant", [], ["canon_level_i"])
+    canon_level.attribute.append(_ref("value_int", AttributeProto.INT, "canonical_level"))
+    n += [scales, canon_scale, canon_level]
+    n += [
+        _const("ln2", math.log(2.0)),
+        _const("eps", LEVEL_EPS),
+        _const("zero", 0),
+        _const("one", 1),
+        _const("last", -1),
+        _const("shape_m4", [-1, 4]),
+        _const("shape_m1", [-1, 1, 1, 1]),
+        _const("axes0", [0]),
+        _const("axis_from1", [1]),
+        _const("axis_big", [2**62]),
+        _const("i0", [0]),
+        _const("i1", [1]),
+        _const("i2", [2]),
+        _const("i3", [3]),
+        _const("i4", [4]),
+    ]
+    node("Cast", ["canon_scale_i"], "canon_scale", to=TensorProto.FLOAT)
+    node("Cast", ["canon_level_i"], "canon_level", to=TensorProto.FLOAT)
+
+    # FPN level range from the finest and coarsest scales: k = -log2(scale).
+    node("Log", ["scales"], "log_scales")
+    node("Div", ["log_scales", "ln2"], "log2_scales")
+    node("Neg", ["log2_scales"], "neg_levels")
+    node("Round", ["neg_levels"], "levels_f")
+    node("Gather", ["levels_f", "zero"], "k_min", axis=0)
+    node("Gather", ["levels_f", "last"], "k_max", axis=0)
+
+    # RoIs [B, N, 4] -> [M, 4] with their image index [M].
+    node("Shape", ["rois"], "rois_shape")
+    node("Gather", ["rois_shape", "zero"], "num_images", axis=0)
+    node("Slice", ["rois_shape", "i0", "i2"], "bn")
+    node("Reshape", ["rois", "shape_m4"], "flat")
+    node("Range", ["zero", "num_images", "one"], "image_range")
+    node("Unsqueeze", ["image_range", "axis_from1"], "image_col")
+    node("Expand", ["image_col", "bn"], "image_grid")
+    node("Reshape", ["image_grid", "last_1d"], "batch_index")
+    n.insert(0, _const("last_1d", [-1]))
+
+    # Level of each RoI, as torchvision's LevelMapper.
+    node("Slice", ["flat", "i0", "i1", "axis_from1"], "x1")
+    node("Slice", ["flat", "i1", "i2", "axis_from1"], "y1")
+    node("Slice", ["flat", "i2", "i3", "axis_from1"], "x2")
+    node("Slice", ["flat", "i3", "i4", "axis_from1"], "y2")
+    node("Sub", ["x2", "x1"], "w")
+    node("Sub", ["y2", "y1"], "h")
+    node("Mul", ["w", "h"], "area")
+    node("Sqrt", ["area"], "s")
+    node("Div", ["s", "canon_scale"], "s_rel")
+    node("Log", ["s_rel"], "ln_s_rel")
+    node("Div", ["ln_s_rel", "ln2"], "log2_s_rel")
+    node("Add", ["canon_level", "log2_s_rel"], "lvl_raw")
+    node("Add", ["lvl_raw", "eps"], "lvl_eps")
+    node("Floor", ["lvl_eps"], "lvl_floor")
+    node("Clip", ["lvl_floor", "k_min", "k_max"], "lvl_clip")
+    node("Sub", ["lvl_clip", "k_min"], "lvl_rel")
+    node("Cast", ["lvl_rel"], "lvl_i", to=TensorProto.INT64)
+    node("Reshape", ["lvl_i", "shape_m1"], "lvl")
+
+    merged = ""
+    for i, feat in enumerate(feats):
+        node("Gather", ["scales", f"l{i}"], f"scale_{i}", axis=0)
+        n.append(_const(f"l{i}", i))
+        node("Mul", ["flat", f"scale_{i}"], f"rois_{i}")
+        ra = helper.make_node(
+            "RoiAlign",
+            [feat, f"rois_{i}", "batch_index"],
+            [f"pooled_{i}"],
+            mode="avg",
+            spatial_scale=1.0,
+            coordinate_transformation_mode="output_half_pixel",
+        )
+        ra.attribute.extend(
+            [
+                _ref("output_height", AttributeProto.INT, "output_size"),
+                _ref("output_width", AttributeProto.INT, "output_size"),
+                _ref("sampling_ratio", AttributeProto.INT, "sampling_ratio"),
+            ]
+        )
+        n.append(ra)
+        if i == 0:
+            merged = f"pooled_{i}"
+        else:
+            node("Equal", ["lvl", f"l{i}"], f"is_{i}")
+            merged = node("Where", [f"is_{i}", f"pooled_{i}", merged], f"merged_{i}")
+
+    node("Shape", ["pooled_0"], "pooled_shape")
+    node("Slice", ["pooled_shape", "i1", "axis_big"], "cpp")
+    node("Concat", ["bn", "cpp"], "out_shape", axis=0)
+    node("Reshape", [merged, "out_shape"], "pooled")
+
+    # Constants first so that every node's inputs are defined before it (topological order).
+    consts = [x for x in n if x.op_type == "Constant"]
+    rest = [x for x in n if x.op_type != "Constant"]
+    return helper.make_function(
+        DOMAIN,
+        MULTISCALE_ROI_ALIGN,
+        inputs=[*feats, "rois"],
+        outputs=["pooled"],
+        nodes=consts + rest,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=list(ATTRIBUTE_NAMES),
+    )
