@@ -1,0 +1,423 @@
+"""``maskrt validate``: one accuracy table for every precision and backend, usable as a CI gate.
+
+From a checkpoint, the pipeline makes every artifact in ``out`` (the deploy graph, its surgered
+version, the FP16 and INT8 graphs, TensorRT engines where TensorRT exists), runs each over a
+COCO-format set and compares it with PyTorch FP32, the reference:
+
+* bbox / segm (/ keypoints) AP and its delta to PyTorch in AP points,
+* per-detection differences: each reference detection is matched to the row's detection of the
+  same label with the highest IoU (> 0.5); mean and 95th percentile of the mean absolute box
+  coordinate difference (pixels) and of the absolute score difference, and the matched fraction,
+* mean latency per image (one image per call, after one warm-up call).
+
+A row fails when ``|delta AP|`` of any IoU type exceeds its precision's tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .detections import Detections
+from .errors import MaskrtError
+from .fileio import atomic_write_text
+
+DEFAULT_TOLERANCES: dict[str, float] = {"fp32": 0.1, "fp16": 0.3, "int8": 1.5}
+MATCH_IOU = 0.5
+
+
+@dataclass
+class Row:
+    """One line of the table. AP values are in [0, 1]; deltas and tolerances in AP points."""
+
+    name: str
+    precision: str  # fp32 | fp16 | int8 (tolerance class)
+    backend: str
+    artifact: str = ""
+    ap: dict[str, float] = field(default_factory=dict)
+    delta: dict[str, float] = field(default_factory=dict)
+    box_diff_mean: float | None = None
+    box_diff_p95: float | None = None
+    score_diff_mean: float | None = None
+    score_diff_p95: float | None = None
+    matched: float | None = None
+    latency_ms: float | None = None
+    tolerance: float | None = None
+    passed: bool | None = None  # None: reference row or skipped
+    note: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return not self.ap
+
+
+@dataclass
+class ValidationReport:
+    rows: list[Row]
+    num_images: int
+    iou_types: list[str]
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per failed row: what exceeded which tolerance, or why it did not run."""
+        out = []
+        for r in self.rows:
+            if r.passed is False:
+                over = [
+                    f"{t} {r.delta[t]:+.2f}"
+                    for t in r.delta
+                    if abs(r.delta[t]) > (r.tolerance or 0)
+                ]
+                why = ", ".join(over) if over else r.note
+                out.append(f"{r.name}: {why} (tolerance {r.tolerance} AP points)")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def markdown(self) -> str:
+        """The table as GitHub Markdown (AP in %, deltas in AP points)."""
+        head = ["artifact", "backend"]
+        head += [f"{t} AP" for t in self.iou_types] + [f"Δ{t}" for t in self.iou_types]
+        head += ["box Δ mean/p95 (px)", "score Δ mean/p95", "matched", "ms/img", "tol", "result"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            if r.skipped:
+                cells = [r.name, r.backend] + ["–"] * (len(head) - 3) + [f"skipped: {r.note}"]
+            else:
+                cells = [r.name, r.backend]
+                cells += [f"{100 * r.ap[t]:.2f}" for t in self.iou_types]
+                cells += [
+                    "ref" if r.passed is None else f"{r.delta[t]:+.2f}" for t in self.iou_types
+                ]
+                cells += [
+                    _pair(r.box_diff_mean, r.box_diff_p95, 3),
+                    _pair(r.score_diff_mean, r.score_diff_p95, 4),
+                    "–" if r.matched is None else f"{100 * r.matched:.1f}%",
+                    "–" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+                    "–" if r.tolerance is None else f"{r.tolerance:g}",
+                    "reference" if r.passed is None else ("pass" if r.passed else "FAIL"),
+                ]
+                if r.note:
+                    cells[-1] += f" ({r.note})"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(f"{self.num_images} images; Δ = AP − PyTorch AP in AP points.")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_images": self.num_images,
+            "iou_types": self.iou_types,
+            "passed": self.passed,
+            "failures": self.failures,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+def _pair(a: float | None, b: float | None, digits: int) -> str:
+    return "–" if a is None or b is None else f"{a:.{digits}f} / {b:.{digits}f}"
+
+
+def parse_tolerances(text: str | None) -> dict[str, float]:
+    """``"fp32=0.1,fp16=0.3,int8=1.5"`` (any subset) over the defaults."""
+    tol = dict(DEFAULT_TOLERANCES)
+    if not text:
+        return tol
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in tol:
+            raise MaskrtError(
+                f"bad --tolerance item {item!r}; expected e.g. fp32=0.1,fp16=0.3,int8=1.5"
+            )
+        try:
+            tol[key] = float(value)
+        except ValueError:
+            raise MaskrtError(f"bad --tolerance value {value!r} for {key}") from None
+        if tol[key] < 0:
+            raise MaskrtError(f"--tolerance {key} must not be negative")
+    return tol
+
+
+# ---------------------------------------------------------------------------- detection matching
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [N, 4] and b [M, 4] (x1, y1, x2, y2): [N, M]."""
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clip(0).prod(axis=2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def match_detections(
+    ref: Detections, other: Detections, iou_threshold: float = MATCH_IOU
+) -> list[tuple[int, int]]:
+    """One-to-one (ref index, other index) pairs: each reference detection, in descending score,
+    takes the unmatched detection of the same label with the highest IoU above the threshold."""
+    if len(ref) == 0 or len(other) == 0:
+        return []
+    iou = box_iou(ref.boxes.astype(np.float64), other.boxes.astype(np.float64))
+    iou[ref.labels[:, None] != other.labels[None, :]] = 0.0
+    taken = np.zeros(len(other), bool)
+    pairs = []
+    for i in np.argsort(-ref.scores, kind="stable"):
+        cand = np.where(~taken & (iou[i] > iou_threshold), iou[i], -1.0)
+        j = int(np.argmax(cand))
+        if cand[j] > iou_threshold:
+            taken[j] = True
+            pairs.append((int(i), j))
+    return pairs
+
+
+@dataclass(frozen=True)
+class DetectionDiffs:
+    """Per matched detection: mean |box coordinate difference| (px) and |score difference|."""
+
+    box: np.ndarray
+    score: np.ndarray
+    matched: int
+    reference: int
+
+    def summary(self) -> dict[str, float | None]:
+        def stat(v: np.ndarray, f: Callable[[np.ndarray], Any]) -> float | None:
+            return float(f(v)) if v.size else None
+
+        return {
+            "box_diff_mean": stat(self.box, np.mean),
+            "box_diff_p95": stat(self.box, lambda v: np.percentile(v, 95)),
+            "score_diff_mean": stat(self.score, np.mean),
+            "score_diff_p95": stat(self.score, lambda v: np.percentile(v, 95)),
+            "matched": self.matched / self.reference if self.reference else None,
+        }
+
+
+def detection_diffs(
+    reference: Mapping[int, Detections], other: Mapping[int, Detections]
+) -> DetectionDiffs:
+    """Differences of ``other`` to ``reference`` over the images both hold."""
+    box, score = [], []
+    matched = total = 0
+    for image_id, ref in reference.items():
+        total += len(ref)
+        dets = other.get(image_id)
+        if dets is None:
+            continue
+        for i, j in match_detections(ref, dets):
+            box.append(float(np.abs(ref.boxes[i].astype(np.float64) - dets.boxes[j]).mean()))
+            score.append(abs(float(ref.scores[i]) - float(dets.scores[j])))
+            matched += 1
+    return DetectionDiffs(np.asarray(box), np.asarray(score), matched, total)
+
+
+# ---------------------------------------------------------------------------- running artifacts
+
+
+@dataclass
+class _Run:
+    detections: dict[int, Detections]
+    latency_ms: float
+
+
+def run_artifact(
+    artifact: str | os.PathLike[str],
+    backend: str,
+    paths: Sequence[Path],
+    image_ids: Sequence[int],
+    show_progress: bool = False,
+    desc: str = "",
+) -> _Run:
+    """Detections of every image (one per call) and the mean latency of ``predict``."""
+    from tqdm import tqdm
+
+    from .runtime import load_predictor
+    from .runtime.images import read_image
+
+    detections: dict[int, Detections] = {}
+    total = 0.0
+    with load_predictor(artifact, backend=backend) as predictor:
+        predictor.predict([read_image(paths[0])])  # warm-up: sessions allocate on first use
+        for image_id, p in tqdm(list(zip(image_ids, paths)), desc=desc, unit="img",
+                                disable=not show_progress):  # fmt: skip
+            image = read_image(p)
+            start = time.perf_counter()
+            detections[image_id] = predictor.predict([image])[0]
+            total += time.perf_counter() - start
+    return _Run(detections, 1000.0 * total / len(paths))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """An artifact to evaluate: how to make it (or None: it exists) and how to score it."""
+
+    name: str
+    precision: str
+    backend: str
+    path: Path
+    make: Callable[[], object] | None
+
+
+def _trt_missing() -> str | None:
+    """Why TensorRT rows are skipped, or None when TensorRT is usable."""
+    try:
+        from .runtime.trt.common import tensorrt
+
+        tensorrt()
+    except MaskrtError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a broken install is a skip with its reason
+        return f"TensorRT unusable: {type(e).__name__}: {e}"
+    return None
+
+
+def _build_engine(onnx_path: Path, engine: Path) -> None:
+    from .runtime.backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
+    from .runtime.profiles import default_profile, onnx_input_dims
+    from .runtime.trt.build import build_engine
+
+    meta, _ = read_graph_facts(onnx_path)
+    spec = spec_from_metadata(meta, str(onnx_path))
+    profile = default_profile(onnx_input_dims(onnx_path), spec, 1)
+    build_engine(onnx_path, engine, profile, force=True)
+
+
+def _plans(
+    checkpoint: Path,
+    out: Path,
+    calib_dir: Path,
+    calib_images: int,
+    method: str,
+    with_trt: bool,
+    show_progress: bool,
+) -> list[_Plan]:
+    from .calibration.fp16 import calibrate_fp16
+    from .calibration.int8 import quantize_to_int8
+    from .plugins.surgery import surgery_file
+
+    fp32, surg = out / "model.fp32.onnx", out / "model.fp32.surgered.onnx"
+    fp16, int8 = out / "model.fp16.onnx", out / "model.int8.onnx"
+
+    def export() -> None:
+        from .checkpoint import load_checkpoint
+        from .export.exporter import export_onnx
+
+        spec, model = load_checkpoint(checkpoint)
+        export_onnx(spec, model, fp32, force=True)
+
+    def int8_graph() -> None:
+        quantize_to_int8(
+            fp32, int8, calib_dir, method=method, max_images=calib_images,
+            cache=out / "calibration.cache.json", force=True, show_progress=show_progress,
+        )  # fmt: skip
+
+    plans = [
+        _Plan("PyTorch FP32", "fp32", "torch", checkpoint, None),
+        _Plan("ONNX FP32", "fp32", "onnxruntime", fp32, export),
+        _Plan("ONNX FP32 surgered", "fp32", "onnxruntime", surg,
+              lambda: surgery_file(fp32, surg, force=True)),
+        _Plan("ONNX FP16", "fp16", "onnxruntime", fp16,
+              lambda: calibrate_fp16(fp32, fp16, force=True)),
+        _Plan(f"ONNX INT8 ({method})", "int8", "onnxruntime", int8, int8_graph),
+    ]  # fmt: skip
+    if with_trt:
+        for precision, src in (("fp32", fp32), ("fp16", fp16), ("int8", int8)):
+            surgered = out / f"model.{precision}.trt.onnx"
+            engine = out / f"model.{precision}.engine"
+
+            def make(src: Path = src, surgered: Path = surgered, engine: Path = engine) -> None:
+                surgery_file(src, surgered, force=True)
+                _build_engine(surgered, engine)
+
+            plans.append(
+                _Plan(f"TensorRT {precision.upper()}", precision, "tensorrt", engine, make)
+            )
+    return plans
+
+
+def validate(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    tolerances: Mapping[str, float] | None = None,
+    calib_images: int = 512,
+    limit: int | None = None,
+    method: str = "entropy",
+    show_progress: bool = False,
+) -> ValidationReport:
+    """Make every artifact of ``checkpoint`` in ``out``, evaluate each on the val split of the
+    maskrt dataset root ``data`` (calibrating INT8 on its train split) and write the table to
+    ``out/validation.md`` and ``out/validation.json``. Does not raise on a failed tolerance:
+    check :attr:`ValidationReport.passed`."""
+    from .checkpoint import load_checkpoint
+    from .coco import evaluate_detections, iou_types_for, load_coco
+    from .data.shapes import split_paths
+
+    tol = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise MaskrtError(f"checkpoint {ckpt} does not exist")
+    images_dir, ann_file = split_paths(data, "val")
+    calib_dir = Path(data) / "train"
+    if not calib_dir.is_dir():
+        raise MaskrtError(f"{data} has no train/ split to calibrate INT8 on")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    spec, _ = load_checkpoint(ckpt)
+    iou_types = iou_types_for(spec.has_masks, spec.has_keypoints)
+    coco_gt = load_coco(ann_file)
+    image_ids = sorted(coco_gt.getImgIds())[: limit if limit else None]
+    if not image_ids:
+        raise MaskrtError(f"{ann_file} lists no images")
+    paths = [images_dir / coco_gt.imgs[i]["file_name"] for i in image_ids]
+
+    trt_note = _trt_missing()
+    plans = _plans(ckpt, out_dir, calib_dir, calib_images, method, trt_note is None, show_progress)
+    rows: list[Row] = []
+    reference: dict[int, Detections] | None = None
+    ref_ap: dict[str, float] = {}
+    for plan in plans:
+        row = Row(plan.name, plan.precision, plan.backend, str(plan.path))
+        rows.append(row)
+        try:
+            if plan.make is not None:
+                plan.make()
+            run = run_artifact(plan.path, plan.backend, paths, image_ids, show_progress, plan.name)
+        except MaskrtError as e:
+            if reference is None:
+                raise  # no reference, no table
+            row.note, row.passed, row.tolerance = str(e), False, tol[plan.precision]
+            continue
+        scores, _ = evaluate_detections(
+            coco_gt, run.detections, with_masks="segm" in iou_types,
+            with_keypoints="keypoints" in iou_types,
+        )  # fmt: skip
+        row.ap = {t: scores.stats[t]["AP"] for t in iou_types}
+        row.latency_ms = run.latency_ms
+        if reference is None:
+            reference, ref_ap = run.detections, row.ap
+            continue
+        row.delta = {t: 100.0 * (row.ap[t] - ref_ap[t]) for t in iou_types}
+        for k, v in detection_diffs(reference, run.detections).summary().items():
+            setattr(row, k, v)
+        row.tolerance = tol[plan.precision]
+        row.passed = all(abs(d) <= row.tolerance + 1e-9 for d in row.delta.values())
+    if trt_note is not None:
+        rows.append(Row("TensorRT engines", "fp32", "tensorrt", note=trt_note))
+
+    report = ValidationReport(rows, len(image_ids), iou_types)
+    atomic_write_text(out_dir / "validation.md", report.markdown())
+    atomic_write_text(out_dir / "validation.json", json.dumps(report.to_dict(), indent=1))
+    return report

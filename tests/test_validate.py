@@ -1,0 +1,125 @@
+"""maskrt validate: detection matching, the tolerance gate and the full table on the demo model.
+
+Oracles: torchvision's box_iou for the IoU; pycocotools (through maskrt.coco) for AP; PyTorch
+FP32 as the reference the other rows are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.ops import box_iou as tv_box_iou
+
+from maskrt.cli import main
+from maskrt.detections import Detections
+from maskrt.errors import MaskrtError
+from maskrt.validate import (
+    DEFAULT_TOLERANCES,
+    Row,
+    ValidationReport,
+    box_iou,
+    detection_diffs,
+    match_detections,
+    parse_tolerances,
+)
+
+
+def _dets(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Detections:
+    return Detections(
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        scores=np.asarray(scores, np.float32),
+        labels=np.asarray(labels, np.int64),
+    )
+
+
+boxes_st = st.lists(
+    st.tuples(*[st.floats(0, 100, allow_nan=False)] * 2, *[st.floats(0.5, 50)] * 2),
+    min_size=1,
+    max_size=6,
+).map(lambda b: np.asarray([[x, y, x + w, y + h] for x, y, w, h in b], np.float64))
+
+
+@settings(max_examples=50, deadline=None)
+@given(boxes_st, boxes_st)
+def test_box_iou_matches_torchvision(a: np.ndarray, b: np.ndarray) -> None:
+    expected = tv_box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    np.testing.assert_allclose(box_iou(a, b), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_matching_needs_label_and_iou_and_is_one_to_one() -> None:
+    ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], [0.9, 0.8, 0.7], [1, 1, 2])
+    other = _dets([[1, 0, 11, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0.85, 0.6, 0.5], [1, 2, 2])
+    # ref 0 <-> other 0 (same label, IoU 0.82); ref 1 has no label-1 partner; ref 2 (label 2)
+    # overlaps nothing of label 2
+    assert match_detections(ref, other) == [(0, 0)]
+    d = detection_diffs({1: ref}, {1: other})
+    assert d.matched == 1 and d.reference == 3
+    np.testing.assert_allclose(d.box, [0.5])  # |1-0| and |11-10| over 4 coordinates
+    np.testing.assert_allclose(d.score, [0.05], atol=1e-6)
+    assert d.summary()["matched"] == pytest.approx(1 / 3)
+
+
+def test_identical_detections_have_zero_differences() -> None:
+    ref = _dets([[0, 0, 10, 10], [5, 5, 20, 20]], [0.9, 0.3], [1, 3])
+    d = detection_diffs({7: ref}, {7: ref})
+    assert d.matched == 2 and not d.box.any() and not d.score.any()
+
+
+def test_parse_tolerances() -> None:
+    assert parse_tolerances(None) == DEFAULT_TOLERANCES
+    assert parse_tolerances("int8=2, fp16=0.5") == {"fp32": 0.1, "fp16": 0.5, "int8": 2.0}
+    for bad in ("int4=1", "fp32", "fp32=x", "fp16=-1"):
+        with pytest.raises(MaskrtError):
+            parse_tolerances(bad)
+
+
+def test_report_gate_and_markdown() -> None:
+    ref = Row("PyTorch FP32", "fp32", "torch", ap={"bbox": 0.5, "segm": 0.4}, latency_ms=3.0)
+    ok = Row("ONNX FP16", "fp16", "onnxruntime", ap={"bbox": 0.501, "segm": 0.4},
+             delta={"bbox": 0.1, "segm": 0.0}, tolerance=0.3, passed=True)  # fmt: skip
+    bad = Row("ONNX INT8", "int8", "onnxruntime", ap={"bbox": 0.47, "segm": 0.4},
+              delta={"bbox": -3.0, "segm": 0.0}, tolerance=1.5, passed=False)  # fmt: skip
+    skipped = Row("TensorRT engines", "fp32", "tensorrt", note="TensorRT is not installed")
+    report = ValidationReport([ref, ok, bad, skipped], 10, ["bbox", "segm"])
+    assert not report.passed
+    assert report.failures == ["ONNX INT8: bbox -3.00 (tolerance 1.5 AP points)"]
+    md = report.markdown()
+    assert "| ONNX INT8 | onnxruntime | 47.00 | 40.00 | -3.00 | +0.00 |" in md
+    assert "FAIL" in md and "skipped: TensorRT is not installed" in md
+    assert json.loads(json.dumps(report.to_dict()))["passed"] is False
+
+
+@pytest.mark.slow
+def test_validate_demo_model_within_tolerances(
+    demo_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "validation"
+    result = CliRunner().invoke(
+        main,
+        ["validate", str(demo_checkpoint), "--data", str(shapes_dataset), "--out", str(out),
+         "--calib-images", "32"],
+    )  # fmt: skip
+    table = json.loads((out / "validation.json").read_text())
+    assert (out / "validation.md").read_text().startswith("| artifact |")
+    rows = {r["name"]: r for r in table["rows"]}
+    expected = ["PyTorch FP32", "ONNX FP32", "ONNX FP32 surgered", "ONNX FP16",
+                "ONNX INT8 (entropy)"]  # fmt: skip
+    assert [n for n in rows if n in expected] == expected
+    assert rows["PyTorch FP32"]["ap"]["bbox"] > 0.0  # the checkpoint detects something
+    for name in expected[1:]:
+        row = rows[name]
+        assert row["ap"], f"{name}: {row['note']}"
+        limit = DEFAULT_TOLERANCES[row["precision"]]
+        for iou_type in ("bbox", "segm"):
+            assert abs(row["delta"][iou_type]) <= limit, (name, iou_type, row["delta"])
+        assert row["matched"] is not None and row["matched"] > 0.5
+    assert rows["ONNX FP32"]["box_diff_p95"] < 0.05  # same maths, float rounding only
+    assert table["passed"] is True
+    assert result.exit_code == 0, result.output
