@@ -254,3 +254,35 @@ def _bench_images(data: str | None, size: str | None, count: int) -> list:
 
 
 COMMANDS.append(bench_command)
+
+
+@click.command("convert")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+              show_default=True)
+@click.option("--calib-data", type=click.Path(), help="INT8: calibration images (folder).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              default="entropy", show_default=True, help="INT8 calibration method.")
+@click.option("--max-images", default=512, show_default=True, help="INT8 calibration images.")
+@click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
+@click.option("--max-batch", default=1, show_default=True, help="Engine profile's largest batch.")
+@click.option("--force", is_flag=True, help="Overwrite outputs in OUT.")
+def convert_command(
+    checkpoint: str, out: str, precision: str, calib_data: str | None, method: str,
+    max_images: int, arch: str | None, max_batch: int, force: bool,
+) -> None:  # fmt: skip
+    """CHECKPOINT to a TensorRT engine: export, precision, surgery, build (where TensorRT is)."""
+    from .convert import convert
+
+    result = convert(
+        checkpoint, out, precision=precision, calib_data=calib_data, arch=arch, method=method,
+        max_images=max_images, max_batch=max_batch, force=force, show_progress=True,
+        log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(f"deploy graph: {result.graph}")
+    click.echo(f"TensorRT input: {result.surgered}")
+    click.echo(f"engine: {result.engine}" if result.engine else result.note)
+
+
+COMMANDS.append(convert_command)

@@ -269,30 +269,6 @@ class _Plan:
     make: Callable[[], object] | None
 
 
-def _trt_missing() -> str | None:
-    """Why TensorRT rows are skipped, or None when TensorRT is usable."""
-    try:
-        from .runtime.trt.common import tensorrt
-
-        tensorrt()
-    except MaskrtError as e:
-        return str(e)
-    except Exception as e:  # noqa: BLE001 - a broken install is a skip with its reason
-        return f"TensorRT unusable: {type(e).__name__}: {e}"
-    return None
-
-
-def _build_engine(onnx_path: Path, engine: Path) -> None:
-    from .runtime.backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
-    from .runtime.profiles import default_profile, onnx_input_dims
-    from .runtime.trt.build import build_engine
-
-    meta, _ = read_graph_facts(onnx_path)
-    spec = spec_from_metadata(meta, str(onnx_path))
-    profile = default_profile(onnx_input_dims(onnx_path), spec, 1)
-    build_engine(onnx_path, engine, profile, force=True)
-
-
 def _plans(
     checkpoint: Path,
     out: Path,
@@ -302,47 +278,39 @@ def _plans(
     with_trt: bool,
     show_progress: bool,
 ) -> list[_Plan]:
-    from .calibration.fp16 import calibrate_fp16
-    from .calibration.int8 import quantize_to_int8
-    from .plugins.surgery import surgery_file
+    """The artifacts of the table, made with `maskrt convert`'s own steps and file names."""
+    from .convert import ArtifactPaths, build_step, export_step, precision_step, surgery_step
 
-    fp32, surg = out / "model.fp32.onnx", out / "model.fp32.surgered.onnx"
-    fp16, int8 = out / "model.fp16.onnx", out / "model.int8.onnx"
+    paths = ArtifactPaths(out)
+    fp32 = paths.fp32
 
-    def export() -> None:
-        from .checkpoint import load_checkpoint
-        from .export.exporter import export_onnx
-
-        spec, model = load_checkpoint(checkpoint)
-        export_onnx(spec, model, fp32, force=True)
-
-    def int8_graph() -> None:
-        quantize_to_int8(
-            fp32, int8, calib_dir, method=method, max_images=calib_images,
-            cache=out / "calibration.cache.json", force=True, show_progress=show_progress,
+    def make_precision(precision: str) -> Callable[[], None]:
+        return lambda: precision_step(
+            fp32, paths.graph(precision), precision, calib_dir, method, calib_images,
+            paths.calibration_cache, show_progress,
         )  # fmt: skip
 
     plans = [
         _Plan("PyTorch FP32", "fp32", "torch", checkpoint, None),
-        _Plan("ONNX FP32", "fp32", "onnxruntime", fp32, export),
-        _Plan("ONNX FP32 surgered", "fp32", "onnxruntime", surg,
-              lambda: surgery_file(fp32, surg, force=True)),
-        _Plan("ONNX FP16", "fp16", "onnxruntime", fp16,
-              lambda: calibrate_fp16(fp32, fp16, force=True)),
-        _Plan(f"ONNX INT8 ({method})", "int8", "onnxruntime", int8, int8_graph),
+        _Plan("ONNX FP32", "fp32", "onnxruntime", fp32, lambda: export_step(checkpoint, fp32)),
+        _Plan("ONNX FP32 surgered", "fp32", "onnxruntime", paths.surgered("fp32"),
+              lambda: surgery_step(fp32, paths.surgered("fp32"))),
+        _Plan("ONNX FP16", "fp16", "onnxruntime", paths.graph("fp16"), make_precision("fp16")),
+        _Plan(f"ONNX INT8 ({method})", "int8", "onnxruntime", paths.graph("int8"),
+              make_precision("int8")),
     ]  # fmt: skip
     if with_trt:
-        for precision, src in (("fp32", fp32), ("fp16", fp16), ("int8", int8)):
-            surgered = out / f"model.{precision}.trt.onnx"
-            engine = out / f"model.{precision}.engine"
+        for precision in ("fp32", "fp16", "int8"):
 
-            def make(src: Path = src, surgered: Path = surgered, engine: Path = engine) -> None:
-                surgery_file(src, surgered, force=True)
-                _build_engine(surgered, engine)
+            def make(precision: str = precision) -> None:
+                if not paths.surgered(precision).exists():
+                    surgery_step(paths.graph(precision), paths.surgered(precision))
+                build_step(paths.surgered(precision), paths.engine(precision))
 
             plans.append(
-                _Plan(f"TensorRT {precision.upper()}", precision, "tensorrt", engine, make)
-            )
+                _Plan(f"TensorRT {precision.upper()}", precision, "tensorrt",
+                      paths.engine(precision), make)
+            )  # fmt: skip
     return plans
 
 
@@ -362,6 +330,7 @@ def validate(
     check :attr:`ValidationReport.passed`."""
     from .checkpoint import load_checkpoint
     from .coco import evaluate_detections, iou_types_for, load_coco
+    from .convert import tensorrt_missing
     from .data.shapes import split_paths
 
     tol = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
@@ -383,7 +352,7 @@ def validate(
         raise MaskrtError(f"{ann_file} lists no images")
     paths = [images_dir / coco_gt.imgs[i]["file_name"] for i in image_ids]
 
-    trt_note = _trt_missing()
+    trt_note = tensorrt_missing()
     plans = _plans(ckpt, out_dir, calib_dir, calib_images, method, trt_note is None, show_progress)
     rows: list[Row] = []
     reference: dict[int, Detections] | None = None

@@ -1,0 +1,60 @@
+"""`maskrt convert` chains the stages and stops honestly where TensorRT is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maskrt import contract
+from maskrt.checkpoint import save_checkpoint
+from maskrt.cli import main
+from maskrt.convert import convert, tensorrt_missing
+from maskrt.data.shapes import generate_image
+from maskrt.errors import MaskrtError
+from maskrt.runtime import load_predictor
+from maskrt.specs import build_model, demo_spec
+
+
+@pytest.fixture(scope="module")
+def random_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    spec = demo_spec().replace(box_score_thresh=0.0)  # random weights: keep detections
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "demo.pt", spec, build_model(spec))
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is installed: the build runs")
+def test_fp32_chain_stops_after_surgery_without_tensorrt(random_demo: Path, tmp_path: Path) -> None:
+    result = convert(random_demo, tmp_path, precision="fp32", log=lambda m: None)
+    assert result.engine is None and "TensorRT is not installed" in result.note
+    surgered = onnx.load(str(result.surgered))
+    meta = {p.key: p.value for p in surgered.metadata_props}
+    assert meta[contract.META_SURGERED] == "1"
+    assert not any(n.domain == "maskrt" for n in surgered.graph.node)  # units were replaced
+    # The TensorRT input runs on the CPU (plugin CPU twin) and answers like the plain graph.
+    images = [generate_image(1, "val", i)[0] for i in range(2)]
+    plain = load_predictor(result.graph, backend="onnxruntime").predict(images)
+    ours = load_predictor(result.surgered, backend="onnxruntime").predict(images)
+    for a, b in zip(plain, ours):
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+        np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_refuses_to_overwrite_and_needs_calibration_data(random_demo: Path, tmp_path: Path) -> None:
+    (tmp_path / "model.fp32.onnx").write_bytes(b"keep")
+    with pytest.raises(MaskrtError, match="--force"):
+        convert(random_demo, tmp_path, log=lambda m: None)
+    assert (tmp_path / "model.fp32.onnx").read_bytes() == b"keep"
+    with pytest.raises(MaskrtError, match="--calib-data"):
+        convert(random_demo, tmp_path / "x", precision="int8", log=lambda m: None)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "none.pt"), "-o", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
