@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -104,10 +103,3 @@ def save_graph(model: onnx.ModelProto, path: str | os.PathLike[str], force: bool
         onnx.save(model, os.fspath(tmp))
     return target
 
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -34,12 +34,12 @@ import onnx
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
+from maskrt.fileio import sha256_file
 from maskrt.specs import ModelSpec
 
 from .cache import CacheKey, read_cache, write_cache
 from .graphs import (
     check_precision,
-    file_sha256,
     load_graph,
     remove_dead_nodes,
     save_graph,
@@ -104,8 +104,9 @@ def find_calibration_images(
 
     Each file is decoded once here, so unreadable ones are skipped and counted up front.
     """
-    from maskrt.runtime.images import expand_image_paths, read_image
     from tqdm import tqdm
+
+    from maskrt.runtime.images import expand_image_paths, read_image
 
     if max_images < 1:
         raise MaskrtError(f"--max-images must be at least 1, got {max_images}")
@@ -124,7 +125,7 @@ def find_calibration_images(
                 found.skipped.append((p, str(e)))
                 continue
             found.paths.append(p)
-            h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
+            h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
             bar.update(1)
     if not found.paths:
         raise MaskrtError(f"no readable calibration images in {', '.join(map(str, items))}")
@@ -324,9 +325,8 @@ def quantize_to_int8(
     """Calibrate the FP32 deploy graph ``src`` on the images of ``data`` and write the INT8 Q/DQ
     graph to ``dst``. ``cache`` (a JSON file) is reused when it matches the model, the images and
     the method, and rewritten otherwise."""
-    from maskrt.runtime.backends.onnxruntime_backend import spec_from_metadata
-
     from maskrt.fileio import check_writable
+    from maskrt.runtime.backends.onnxruntime_backend import spec_from_metadata
 
     from .graphs import metadata
 
@@ -344,7 +344,7 @@ def quantize_to_int8(
         named = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(named))
         key = CacheKey(
-            model_sha256=file_sha256(named),
+            model_sha256=sha256_file(named),
             data_sha256=images.sha256,
             method=method,
             settings=json.dumps(_calibrator_options(method), sort_keys=True),

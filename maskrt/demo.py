@@ -12,11 +12,12 @@ from pathlib import Path
 
 from .data.shapes import make_shapes_dataset, split_paths
 from .errors import MaskrtError
-from .evaluate import evaluate_artifact
+from .validate import ValidationReport
 
 DEMO_TRAIN_IMAGES = 1000
 DEMO_VAL_IMAGES = 200
 DEMO_SEED = 0
+DEMO_CALIB_IMAGES = 256
 
 
 def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
@@ -57,37 +58,23 @@ def ensure_model(
 
 
 def run_demo(
-    cache_dir: Path, retrain: bool = False, iters: int = 800, echo: Callable[[str], None] = print
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Run the demo; return {artifact label: {iou type: {stat: value}}}."""
+    cache_dir: Path,
+    retrain: bool = False,
+    iters: int = 800,
+    calib_images: int = DEMO_CALIB_IMAGES,
+    echo: Callable[[str], None] = print,
+) -> ValidationReport:
+    """Data, model, then every artifact of the pipeline scored against PyTorch in one table."""
+    from .validate import validate
+
     start = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_root = ensure_dataset(cache_dir / "shapes", echo)
     checkpoint = ensure_model(cache_dir / "demo_maskrcnn.pt", data_root, retrain, iters, echo)
-    images_dir, ann_file = split_paths(data_root, "val")
-
-    rows: dict[str, dict[str, dict[str, float]]] = {}
-    echo("Evaluating the PyTorch model on the held-out split ...")
-    result = evaluate_artifact(
-        checkpoint, images_dir, ann_file, backend="torch", show_progress=True
-    )
-    rows["pytorch fp32"] = result.scores.to_dict()
-
+    out = cache_dir / "artifacts"
+    echo(f"Exporting, converting and evaluating every artifact into {out} ...")
+    report = validate(checkpoint, data_root, out, calib_images=calib_images, show_progress=True)
     echo("")
-    echo(
-        f"Held-out shapes: {result.num_images} images  (total {time.perf_counter() - start:.0f} s)"
-    )
-    echo(format_rows(rows))
-    return rows
-
-
-def format_rows(rows: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One line per artifact: bbox AP and segm AP (and their difference to the first row)."""
-    ref = next(iter(rows.values()))
-    lines = [f"{'artifact':<24}{'bbox AP':>10}{'segm AP':>10}{'Δbbox':>9}{'Δsegm':>9}"]
-    for label, stats in rows.items():
-        bbox, segm = stats["bbox"]["AP"], stats.get("segm", {}).get("AP", float("nan"))
-        d_bbox = bbox - ref["bbox"]["AP"]
-        d_segm = segm - ref.get("segm", {}).get("AP", float("nan"))
-        lines.append(f"{label:<24}{bbox:>10.3f}{segm:>10.3f}{d_bbox:>+9.3f}{d_segm:>+9.3f}")
-    return "\n".join(lines)
+    echo(f"Held-out shapes, {DEMO_VAL_IMAGES} images ({time.perf_counter() - start:.0f} s in all):")
+    echo(report.markdown())
+    return report

@@ -9,7 +9,6 @@ pure: the facts of the current machine are passed in, so it is testable without 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -125,14 +124,6 @@ class Sidecar:
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
     p = Path(engine_path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_sidecar(engine_path: str | os.PathLike[str], sidecar: Sidecar) -> Path:

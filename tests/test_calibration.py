@@ -14,12 +14,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from maskrt.calibration import calibrate_fp16, convert_to_fp16, find_regions, quantize_to_int8
-from maskrt.calibration.fp16 import collapse_cast_pairs
-from maskrt.calibration.regions import is_unit
 from onnx import TensorProto, helper, numpy_helper
 
 from maskrt import contract
+from maskrt.calibration import calibrate_fp16, convert_to_fp16, find_regions, quantize_to_int8
+from maskrt.calibration.fp16 import collapse_cast_pairs
+from maskrt.calibration.regions import is_unit
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
 
@@ -142,8 +142,8 @@ def test_collapse_cast_pairs_only_removes_lossy_round_trips() -> None:
 def deploy_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The deploy graph of a randomly initialised demo Mask R-CNN (structure, not accuracy)."""
     import torch
-    from maskrt.export.exporter import export_onnx
 
+    from maskrt.export.exporter import export_onnx
     from maskrt.specs import build_model, demo_spec
 
     torch.manual_seed(0)

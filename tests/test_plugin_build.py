@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from maskrt.plugins import PLUGIN_NAME, SINGLE_PLUGIN_NAME
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from maskrt.plugins import _library, contract
-from maskrt.plugins.contract import MultiLevelRoIAlignFields, SingleRoIAlignFields
 from onnx import helper
 
 from maskrt.errors import MaskrtError
+from maskrt.plugins import _library, contract
+from maskrt.plugins.contract import MultiLevelRoIAlignFields, SingleRoIAlignFields
 
 
 def test_cpu_library_reports_the_same_contract() -> None:

@@ -10,14 +10,14 @@ import torch
 from _roialign_cases import BOX_KINDS, make_boxes, make_features, torchvision_multilevel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from maskrt.errors import MaskrtError
 from maskrt.plugins import (
     MultiLevelRoIAlignFields,
     SingleRoIAlignFields,
     multilevel_roi_align,
     roi_align_single,
 )
-
-from maskrt.errors import MaskrtError
 
 FP32_TOL = 1e-5
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from _roialign_cases import make_boxes, make_features, torchvision_multilevel
+from torchvision.ops import MultiScaleRoIAlign, roi_align
+
 from maskrt.plugins import (
     MultiLevelRoIAlignFields,
     SingleRoIAlignFields,
@@ -13,7 +15,6 @@ from maskrt.plugins import (
     multilevel_roi_align_cuda,
     roi_align_single_cuda,
 )
-from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 pytestmark = [
     pytest.mark.cuda,

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from maskrt import contract
+from maskrt.checkpoint import save_checkpoint
 from maskrt.runtime import load_predictor
 from maskrt.runtime.backends.torch_backend import to_tensor
 from maskrt.runtime.postprocess import postprocess
 from maskrt.runtime.preprocess import Batch
-
-from maskrt import contract
-from maskrt.checkpoint import save_checkpoint
 from maskrt.specs import build_model, demo_spec
 
 SPEC = demo_spec().replace(

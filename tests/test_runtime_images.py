@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from maskrt.runtime.images import expand_image_paths, read_image
 from PIL import Image
 
 from maskrt.errors import MaskrtError
+from maskrt.runtime.images import expand_image_paths, read_image
 
 
 def _gradient(h: int = 12, w: int = 20) -> np.ndarray:

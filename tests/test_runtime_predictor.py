@@ -9,16 +9,16 @@ import onnx
 import pytest
 import torch
 from _runtime_fakes import fake_deploy_graph
-from maskrt.runtime import load_predictor
-from maskrt.runtime.backends.torch_backend import to_tensor
-from maskrt.runtime.postprocess import postprocess
-from maskrt.runtime.predictor import default_backend, filter_by_score
-from maskrt.runtime.preprocess import preprocess
 from onnx.reference import ReferenceEvaluator
 
 from maskrt import contract
 from maskrt.checkpoint import save_checkpoint
 from maskrt.errors import MaskrtError
+from maskrt.runtime import load_predictor
+from maskrt.runtime.backends.torch_backend import to_tensor
+from maskrt.runtime.postprocess import postprocess
+from maskrt.runtime.predictor import default_backend, filter_by_score
+from maskrt.runtime.preprocess import preprocess
 from maskrt.specs import build_model, demo_spec
 
 

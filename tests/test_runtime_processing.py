@@ -7,8 +7,6 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from maskrt.runtime.postprocess import paste_masks, postprocess, resize_boxes, resize_keypoints
-from maskrt.runtime.preprocess import Batch, preprocess, resized_size
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import (
     GeneralizedRCNNTransform,
@@ -22,6 +20,8 @@ from torchvision.models.detection.transform import (
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
+from maskrt.runtime.postprocess import paste_masks, postprocess, resize_boxes, resize_keypoints
+from maskrt.runtime.preprocess import Batch, preprocess, resized_size
 from maskrt.specs import ModelSpec, demo_spec
 
 SPEC = ModelSpec(arch="maskrcnn_resnet50_fpn", min_size=96, max_size=160)
@@ -155,8 +155,9 @@ def test_postprocess_matches_torchvision_postprocess() -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_keypoint_decode_matches_torchvision(seed: int) -> None:
-    from maskrt.runtime.keypoints import heatmaps_to_keypoints
     from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_decode
+
+    from maskrt.runtime.keypoints import heatmaps_to_keypoints
 
     rng = np.random.default_rng(seed)
     n, k = 12, 17

@@ -8,19 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
+
+from maskrt import contract
+from maskrt.errors import MaskrtError
+from maskrt.fileio import sha256_file
 from maskrt.runtime.profiles import apply_overrides, default_profile, parse_shape_args
 from maskrt.runtime.sidecar import (
     MachineFacts,
     Sidecar,
     check_compatible,
     read_sidecar,
-    sha256_file,
     sidecar_path,
     write_sidecar,
 )
-
-from maskrt import contract
-from maskrt.errors import MaskrtError
 from maskrt.specs import demo_spec
 
 HERE = MachineFacts("10.13.0.35", "NVIDIA H100 80GB HBM3", (9, 0), "ab" * 32)

@@ -14,6 +14,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from maskrt.contract import META_SURGERED
+from maskrt.errors import MaskrtError
 from maskrt.export.functions import multiscale_roi_align_function
 from maskrt.export.ops import DOMAIN, DOMAIN_VERSION, MULTISCALE_ROI_ALIGN, RoIAlignUnit
 from maskrt.plugins.contract import (
@@ -25,10 +29,6 @@ from maskrt.plugins.contract import (
     SingleRoIAlignFields,
 )
 from maskrt.plugins.surgery import PLUGIN_DOMAIN, surgery
-from onnx import TensorProto, helper
-
-from maskrt.contract import META_SURGERED
-from maskrt.errors import MaskrtError
 
 OPSET = 17
 IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13
@@ -276,8 +276,8 @@ def test_graph_without_roialign_is_an_error() -> None:
 @pytest.fixture(scope="module")
 def demo_export() -> onnx.ModelProto:
     import torch
-    from maskrt.export.exporter import build_onnx
 
+    from maskrt.export.exporter import build_onnx
     from maskrt.specs import build_model, demo_spec
 
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from maskrt.plugins.contract import PLUGIN_NAME, MultiLevelRoIAlignFields
 from maskrt.plugins.surgery import PLUGIN_DOMAIN, surgery
 
@@ -35,11 +36,10 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], plugin: bool) -> 
 def test_demo_model_outputs_unchanged_on_heldout_images(
     demo_checkpoint: Path, shapes_dataset: Path
 ) -> None:
+    from maskrt.checkpoint import load_checkpoint
     from maskrt.export.exporter import build_onnx
     from maskrt.runtime.images import read_image
     from maskrt.runtime.preprocess import preprocess
-
-    from maskrt.checkpoint import load_checkpoint
 
     spec, model = load_checkpoint(demo_checkpoint)
     exported = build_onnx(spec, model)

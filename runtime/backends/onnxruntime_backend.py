@@ -52,15 +52,25 @@ def spec_from_metadata(meta: Mapping[str, str], source: str) -> ModelSpec:
         raise MaskrtError(f"{source} carries a bad model spec: {e}") from None
 
 
-def _plugin_session_options(path: Path) -> Any:
-    """SessionOptions with maskrt's plugin ops registered for the CPU (maskrt.plugins.ort)."""
+def _plugin_session(path: Path) -> tuple[Any, str | bytes]:
+    """SessionOptions with maskrt's plugin ops registered for the CPU (maskrt.plugins.ort), and
+    what to load: ``path`` itself, or the graph rewritten in memory when its plugin nodes carry
+    FP16 tensors, which the Python ops cannot take (the file, TensorRT's input, is not changed).
+    """
+    import onnx
+
     try:
-        from maskrt.plugins.ort import ort_session_options
+        from maskrt.plugins.ort import ort_session_options, upcast_plugin_nodes
     except ImportError as e:
         raise MaskrtError(
             f"this graph holds maskrt plugin nodes but their ONNX Runtime ops cannot load ({e})"
         ) from None
-    return ort_session_options(model=os.fspath(path))
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    options = ort_session_options(model=model)
+    if not upcast_plugin_nodes(model):
+        return options, os.fspath(path)
+    onnx.load_external_data_for_model(model, os.fspath(path.parent))
+    return options, model.SerializeToString()
 
 
 def _static(dim: Any) -> int | None:
@@ -82,7 +92,10 @@ class OrtRunner:
         meta, custom_ops = read_graph_facts(self.path)
         self.spec = spec_from_metadata(meta, str(self.path))
         self.surgered = meta.get(contract.META_SURGERED) == "1" or bool(custom_ops)
-        options = _plugin_session_options(self.path) if self.surgered else ort.SessionOptions()
+        source: str | bytes = os.fspath(self.path)
+        options = ort.SessionOptions()
+        if self.surgered:
+            options, source = _plugin_session(self.path)
         if threads:
             options.intra_op_num_threads = threads
         if providers is None:
@@ -92,7 +105,7 @@ class OrtRunner:
             ]
         try:
             self.session = ort.InferenceSession(
-                os.fspath(self.path), sess_options=options, providers=list(providers)
+                source, sess_options=options, providers=list(providers)
             )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

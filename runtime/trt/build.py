@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
-from maskrt.fileio import atomic_write_bytes, check_writable
+from maskrt.fileio import atomic_write_bytes, check_writable, sha256_file
 
 from ..backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
 from ..profiles import ShapeRange
-from ..sidecar import Sidecar, sha256_file, sidecar_path, write_sidecar
+from ..sidecar import Sidecar, sidecar_path, write_sidecar
 from .common import load_plugins, logger, machine_facts, tensorrt, trt_major
 
 if TYPE_CHECKING:

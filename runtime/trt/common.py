@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from maskrt.errors import MaskrtError
+from maskrt.fileio import sha256_file
 
 from ..sidecar import MachineFacts
 
@@ -62,7 +62,7 @@ def plugin_library() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def plugin_sha256() -> str | None:

@@ -20,8 +20,9 @@ import numpy as np
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
+from maskrt.fileio import sha256_file
 
-from ..sidecar import Sidecar, check_compatible, read_sidecar, sha256_file
+from ..sidecar import Sidecar, check_compatible, read_sidecar
 from . import _cuda
 from .common import load_plugins, logger, machine_facts, tensorrt
 
