@@ -205,6 +205,8 @@ def test_fp16_deploy_graph_runs_like_fp32(deploy_graph: Path, fp16_graph: Path) 
 
 def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path) -> None:
     surgery = pytest.importorskip("maskrt.plugins.surgery")
+    from maskrt.plugins.ort import ort_session_options, upcast_plugin_nodes
+
     model, report = surgery.surgery(onnx.load(str(fp16_graph)))
     assert report.replaced == 2
     types = _types(model)
@@ -212,6 +214,22 @@ def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path)
     assert len(plugins) == 2
     for p in plugins:
         assert [types[t] for t in p.input] == [TensorProto.FLOAT16] * 4 + [TensorProto.FLOAT]
+        assert types[p.output[0]] == TensorProto.FLOAT16
+
+    # ONNX Runtime runs it (the plugin nodes upcast in memory, as the ORT backend does) and
+    # gives the unsurgered FP16 graph's outputs: both pool in FP32 and round to FP16
+    x = np.random.default_rng(0).random((1, 3, 128, 160), dtype=np.float32)
+    feeds = {contract.INPUT_IMAGES: x, contract.INPUT_IMAGE_SIZES: np.array([[128, 150]], np.int32)}
+    ref = _run(onnx.load(str(fp16_graph)), feeds)
+    assert upcast_plugin_nodes(model) == 2
+    session = ort.InferenceSession(
+        model.SerializeToString(), ort_session_options(model), ["CPUExecutionProvider"]
+    )
+    got = session.run(None, feeds)
+    assert got[0].tolist() == ref[0].tolist()  # num_detections
+    for name, g, r in zip(contract.output_names(True, False)[1:], got[1:], ref[1:]):
+        atol = 1e-2 if name == contract.OUTPUT_BOXES else 1e-3  # pixels; probabilities
+        np.testing.assert_allclose(g, r, rtol=0, atol=atol, err_msg=name)
 
 
 def _copy_images(src: Path, dst: Path, n: int) -> Path:

@@ -20,7 +20,7 @@ from maskrt.plugins import (
     multilevel_roi_align,
     ort_session_options,
 )
-from maskrt.plugins.ort import DOMAIN, _elem_types, upcast_plugin_nodes
+from maskrt.plugins.ort import DOMAIN, upcast_plugin_nodes
 
 SCALES = [0.25, 0.125, 0.0625, 0.03125]
 LEVELS = ["p2", "p3", "p4", "p5"]
@@ -56,8 +56,7 @@ def _pooler_model(
         for i, p in enumerate(output_sizes)
     ]
     inputs = [
-        helper.make_tensor_value_info(n, feature_type, list(f.shape))
-        for n, f in zip(LEVELS, feats)
+        helper.make_tensor_value_info(n, feature_type, list(f.shape)) for n, f in zip(LEVELS, feats)
     ]
     inputs.append(helper.make_tensor_value_info("rois", TensorProto.FLOAT, [2, None, 4]))
     c = feats[0].shape[1]
@@ -164,10 +163,10 @@ def test_single_level_node_runs_in_onnxruntime() -> None:
 def fp16_graphs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(FP16 graph, the same after surgery) of a randomly initialised demo Mask R-CNN."""
     import torch
+
     from maskrt.calibration import convert_to_fp16
     from maskrt.export import export_onnx
     from maskrt.plugins.surgery import surgery
-
     from maskrt.specs import build_model, demo_spec
 
     torch.manual_seed(0)
@@ -185,7 +184,6 @@ def fp16_graphs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return plain_path, surgered_path
 
 
-@pytest.mark.slow
 def test_surgered_fp16_graph_runs_like_unsurgered(fp16_graphs: tuple[Path, Path]) -> None:
     """ONNX Runtime runs the surgered FP16 graph (plugin nodes with FP16 features) and gives the
     unsurgered FP16 graph's detections; the file keeps its FP16 plugin nodes for TensorRT."""
@@ -202,14 +200,16 @@ def test_surgered_fp16_graph_runs_like_unsurgered(fp16_graphs: tuple[Path, Path]
     for e, g in zip(expected, got):
         assert len(g) == len(e)
         np.testing.assert_array_equal(g.labels, e.labels)
-        # both pool in FP32 and round to FP16; the FP16 heads downstream amplify that little
-        np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=0.5)
-        np.testing.assert_allclose(g.scores, e.scores, rtol=0, atol=5e-3)
+        # both pool in FP32 and round to FP16 (ORT's RoiAlign vs the plugin's CPU kernel): an
+        # ulp here and there, which the FP16 heads carry on a little
+        np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=0.01)
+        np.testing.assert_allclose(g.scores, e.scores, rtol=0, atol=1e-4)
         assert e.masks is not None and g.masks is not None
-        assert (g.masks != e.masks).mean() < 1e-3
+        assert (g.masks != e.masks).mean() < 1e-4
 
     on_disk = onnx.load(str(surgered_path), load_external_data=False)
-    types = _elem_types(onnx.shape_inference.infer_shapes(on_disk))
+    g = onnx.shape_inference.infer_shapes(on_disk).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info]}
     for node in (n for n in on_disk.graph.node if n.op_type == PLUGIN_NAME):
         assert [types[t] for t in node.input] == [TensorProto.FLOAT16] * 4 + [TensorProto.FLOAT]
         assert types[node.output[0]] == TensorProto.FLOAT16
