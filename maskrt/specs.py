@@ -167,10 +167,11 @@ def _build_demo(spec: ModelSpec) -> Any:
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-    from torchvision.ops import misc as misc_nn_ops
 
     channels = 64
-    trunk = resnet18(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    # Trained from scratch, so its batch norms must learn (torchvision freezes them only because
+    # its backbones start from ImageNet statistics).
+    trunk = resnet18(weights=None)
     backbone = BackboneWithFPN(
         trunk,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},

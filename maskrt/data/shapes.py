@@ -33,6 +33,7 @@ SPLITS = ("train", "val")
 MIN_SIDE, MAX_SIDE = 96, 200  # image side lengths in pixels
 MAX_SHAPES = 5
 MIN_VISIBLE_AREA = 40  # pixels: fully occluded slivers are not instances
+MAX_OCCLUSION = 0.35  # a new shape may cover at most this fraction of an earlier one
 _SPLIT_SALT = {"train": 0, "val": 1_000_003}
 
 
@@ -78,7 +79,7 @@ def _shape_polygon(
 
 def _draw_shape(rng: np.random.Generator, category: str, height: int, width: int) -> np.ndarray:
     """Binary mask [H, W] of one randomly placed, sized and rotated shape."""
-    size = rng.uniform(0.18, 0.55) * min(height, width)
+    size = rng.uniform(0.22, 0.55) * min(height, width)
     # The centre may sit near the border so some shapes are cut by the image edge.
     cx = rng.uniform(0.1, 0.9) * width
     cy = rng.uniform(0.1, 0.9) * height
@@ -92,6 +93,23 @@ def _draw_shape(rng: np.random.Generator, category: str, height: int, width: int
     return np.asarray(canvas, dtype=bool)
 
 
+def _place_shape(
+    rng: np.random.Generator, category: str, height: int, width: int, others: list[np.ndarray]
+) -> np.ndarray | None:
+    """A shape that hides at most MAX_OCCLUSION of any earlier one (a few tries), or None.
+
+    Occlusion stays partial so that every instance remains recognisable as its category.
+    """
+    for _ in range(8):
+        mask = _draw_shape(rng, category, height, width)
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        if all(int((mask & o).sum()) <= MAX_OCCLUSION * max(int(o.sum()), 1) for o in others):
+            return mask
+    return None
+
+
 def generate_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[ShapeInstance]]:
     """One RGB uint8 image [H, W, 3] and its visible instances, determined by the arguments."""
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], index])
@@ -101,7 +119,9 @@ def generate_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[
     categories: list[int] = []
     for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
         category_id = int(rng.integers(1, len(SHAPES_CATEGORIES) + 1))
-        mask = _draw_shape(rng, SHAPES_CATEGORIES[category_id - 1], height, width)
+        mask = _place_shape(rng, SHAPES_CATEGORIES[category_id - 1], height, width, masks)
+        if mask is None:
+            continue
         colour = rng.integers(0, 256, size=3)
         # Keep the shape visible against the background: push its colour away if too close.
         if mask.any() and np.abs(image[mask].mean(axis=0) - colour).sum() < 90:
