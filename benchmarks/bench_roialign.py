@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import MultiScaleRoIAlign
+
 from maskrt.plugins import (
     MultiLevelRoIAlignFields,
     _library,
     multilevel_roi_align,
     multilevel_roi_align_cuda,
 )
-from torchvision.ops import MultiScaleRoIAlign
 
 SCALES = (0.25, 0.125, 0.0625, 0.03125)
 

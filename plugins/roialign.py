@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from maskrt.plugins import _library
-from maskrt.plugins.contract import MultiLevelRoIAlignFields, SingleRoIAlignFields
 
 from maskrt.errors import MaskrtError
+from maskrt.plugins import _library
+from maskrt.plugins.contract import MultiLevelRoIAlignFields, SingleRoIAlignFields
 
 _DTYPE_CODE = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
 

@@ -34,16 +34,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+
+from maskrt.contract import META_SURGERED
+from maskrt.errors import MaskrtError
+from maskrt.fileio import atomic_path, check_writable
 from maskrt.plugins.contract import (
     PLUGIN_NAME,
     SINGLE_PLUGIN_NAME,
     MultiLevelRoIAlignFields,
     SingleRoIAlignFields,
 )
-
-from maskrt.contract import META_SURGERED
-from maskrt.errors import MaskrtError
-from maskrt.fileio import atomic_path, check_writable
 
 # The domain of ONNX Runtime custom ops registered through onnxruntime-extensions.
 PLUGIN_DOMAIN = "ai.onnx.contrib"
