@@ -64,3 +64,23 @@ def demo_checkpoint(request: pytest.FixtureRequest, shapes_dataset: Path) -> Pat
             path, data_root=shapes_dataset, config=TrainConfig(iters=TEST_TRAIN_ITERS, seed=3)
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def random_demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight demo checkpoint that keeps every detection (few proposals: quick)."""
+    import torch
+
+    from maskrt.checkpoint import save_checkpoint
+    from maskrt.specs import build_model, demo_spec
+
+    torch.manual_seed(0)
+    spec = demo_spec().replace(
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        box_detections_per_img=20,
+    )
+    path = tmp_path_factory.mktemp("random-demo") / "demo.pt"
+    save_checkpoint(path, spec, build_model(spec))
+    return path

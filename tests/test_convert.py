@@ -7,29 +7,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 
 from maskrt import contract
-from maskrt.checkpoint import save_checkpoint
 from maskrt.cli import main
 from maskrt.convert import convert, tensorrt_missing
 from maskrt.data.shapes import generate_image
 from maskrt.errors import MaskrtError
 from maskrt.runtime import load_predictor
-from maskrt.specs import build_model, demo_spec
-
-
-@pytest.fixture(scope="module")
-def random_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    spec = demo_spec().replace(box_score_thresh=0.0)  # random weights: keep detections
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "demo.pt", spec, build_model(spec))
 
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is installed: the build runs")
-def test_fp32_chain_stops_after_surgery_without_tensorrt(random_demo: Path, tmp_path: Path) -> None:
-    result = convert(random_demo, tmp_path, precision="fp32", log=lambda m: None)
+def test_fp32_chain_stops_after_surgery_without_tensorrt(
+    random_demo_checkpoint: Path, tmp_path: Path
+) -> None:
+    result = convert(random_demo_checkpoint, tmp_path, precision="fp32", log=lambda m: None)
     assert result.engine is None and "TensorRT is not installed" in result.note
     surgered = onnx.load(str(result.surgered))
     meta = {p.key: p.value for p in surgered.metadata_props}
@@ -45,13 +37,15 @@ def test_fp32_chain_stops_after_surgery_without_tensorrt(random_demo: Path, tmp_
         np.testing.assert_array_equal(a.masks, b.masks)
 
 
-def test_refuses_to_overwrite_and_needs_calibration_data(random_demo: Path, tmp_path: Path) -> None:
+def test_refuses_to_overwrite_and_needs_calibration_data(
+    random_demo_checkpoint: Path, tmp_path: Path
+) -> None:
     (tmp_path / "model.fp32.onnx").write_bytes(b"keep")
     with pytest.raises(MaskrtError, match="--force"):
-        convert(random_demo, tmp_path, log=lambda m: None)
+        convert(random_demo_checkpoint, tmp_path, log=lambda m: None)
     assert (tmp_path / "model.fp32.onnx").read_bytes() == b"keep"
     with pytest.raises(MaskrtError, match="--calib-data"):
-        convert(random_demo, tmp_path / "x", precision="int8", log=lambda m: None)
+        convert(random_demo_checkpoint, tmp_path / "x", precision="int8", log=lambda m: None)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

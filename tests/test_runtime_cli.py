@@ -7,27 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from maskrt.checkpoint import save_checkpoint
 from maskrt.cli import main
-from maskrt.specs import build_model, demo_spec
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    spec = demo_spec().replace(
-        box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=50,
-        box_detections_per_img=10,
-    )
-    path = tmp_path_factory.mktemp("cli") / "demo.pt"
-    save_checkpoint(path, spec, build_model(spec))
-    return path
+from maskrt.specs import demo_spec
 
 
 def _write_images(folder: Path) -> list[Path]:
@@ -40,12 +24,12 @@ def _write_images(folder: Path) -> list[Path]:
     return paths
 
 
-def test_infer_writes_json_and_overlays(tmp_path: Path, checkpoint: Path) -> None:
+def test_infer_writes_json_and_overlays(tmp_path: Path, random_demo_checkpoint: Path) -> None:
     images = _write_images(tmp_path / "images")
     out = tmp_path / "out"
     args = [
         "infer",
-        str(checkpoint),
+        str(random_demo_checkpoint),
         str(tmp_path / "images"),
         "--out",
         str(out),
@@ -79,9 +63,16 @@ def test_infer_writes_json_and_overlays(tmp_path: Path, checkpoint: Path) -> Non
     assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
 
 
-def test_infer_missing_image_is_one_line(tmp_path: Path, checkpoint: Path) -> None:
+def test_infer_missing_image_is_one_line(tmp_path: Path, random_demo_checkpoint: Path) -> None:
     result = CliRunner().invoke(
-        main, ["infer", str(checkpoint), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")]
+        main,
+        [
+            "infer",
+            str(random_demo_checkpoint),
+            str(tmp_path / "nope.jpg"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
     )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()

@@ -12,34 +12,18 @@ from _runtime_fakes import fake_deploy_graph
 from onnx.reference import ReferenceEvaluator
 
 from maskrt import contract
-from maskrt.checkpoint import save_checkpoint
 from maskrt.errors import MaskrtError
 from maskrt.runtime import load_predictor
 from maskrt.runtime.backends.torch_backend import to_tensor
 from maskrt.runtime.postprocess import postprocess
 from maskrt.runtime.predictor import default_backend, filter_by_score
 from maskrt.runtime.preprocess import preprocess
-from maskrt.specs import build_model, demo_spec
+from maskrt.specs import demo_spec
 
 
 def _images(seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, s, dtype=np.uint8) for s in ((96, 128, 3), (150, 100, 3))]
-
-
-@pytest.fixture(scope="module")
-def random_demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    # Random weights: keep every detection; few proposals keep the test quick.
-    spec = demo_spec().replace(
-        box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=50,
-        box_detections_per_img=20,
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "demo.pt"
-    save_checkpoint(path, spec, build_model(spec))
-    return path
 
 
 def test_torch_predictor_equals_the_model(random_demo_checkpoint: Path) -> None:
