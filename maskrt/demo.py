@@ -47,7 +47,7 @@ def ensure_model(
     if path.is_file() and not retrain:
         echo(f"Reusing the demo model {path}")
         return path
-    echo(f"Training the demo Mask R-CNN ({iters} iterations; ~8 minutes on 2 cores) ...")
+    echo(f"Training the demo Mask R-CNN ({iters} iterations; ~10 minutes on 2 cores) ...")
     train_demo(
         path,
         data_root=data_root,
@@ -60,7 +60,7 @@ def ensure_model(
 def run_demo(
     cache_dir: Path,
     retrain: bool = False,
-    iters: int = 800,
+    iters: int = 1500,
     calib_images: int = DEMO_CALIB_IMAGES,
     echo: Callable[[str], None] = print,
 ) -> ValidationReport:

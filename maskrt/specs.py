@@ -58,6 +58,8 @@ class ModelSpec:
     # Training-time sampling sizes; they do not change inference but rebuild the module exactly.
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,8 +132,12 @@ def demo_spec() -> ModelSpec:
         rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_test=300,
         box_detections_per_img=50,
+        # Training sample sizes below torchvision's (256 anchors, 512 RoIs per image) and fewer
+        # training proposals (600/300 instead of 2000/2000): iterations ~2x cheaper on 2 cores.
         rpn_batch_size_per_image=128,
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=64,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
     )
 
 
@@ -158,6 +164,8 @@ def _torchvision_kwargs(spec: ModelSpec) -> dict[str, Any]:
         box_detections_per_img=spec.box_detections_per_img,
         rpn_batch_size_per_image=spec.rpn_batch_size_per_image,
         box_batch_size_per_image=spec.box_batch_size_per_image,
+        rpn_pre_nms_top_n_train=spec.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=spec.rpn_post_nms_top_n_train,
     )
 
 

@@ -1,12 +1,17 @@
 """Deterministic training of the demo Mask R-CNN on a COCO-format dataset.
 
-The recipe (measured on 2 CPU cores: 800 iterations in about 8 minutes reach bbox AP ~0.84 and
-segm AP ~0.79 on held-out shapes): SGD, momentum 0.9, weight decay 1e-4, lr 0.02 with a linear
-warm-up over the first 100 iterations and x0.1 for the last 20%, batch 4, random horizontal flips.
+The recipe, for a model trained from scratch in minutes on 2 CPU cores: AdamW (lr 1e-3, weight
+decay 0.05 on weights, none on norms and biases), a linear warm-up over the first 50 iterations
+then a cosine decay to 0, batch 4, random horizontal flips, 1500 iterations. The demo spec
+trains with smaller samples than torchvision (128 anchors, 64 RoIs per image; 600/300 RPN
+proposals instead of 2000/2000), which halves the cost of an iteration on these small images.
+Measured on the demo data, held-out bbox AP after 800 iterations: SGD (lr 0.02, step decay)
+0.36, AdamW + cosine 0.56.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,25 +28,33 @@ from .specs import ModelSpec, build_model, demo_spec
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iters: int = 800
+    iters: int = 1500
     batch_size: int = 4
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 100
-    decay_at: float = 0.8  # fraction of iters after which lr is x0.1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_iters: int = 50
     seed: int = 0
 
 
 def lr_factor(it: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at iteration ``it`` (0-based)."""
-    factor = 1.0
-    if it < cfg.warmup_iters:
-        alpha = it / cfg.warmup_iters
-        factor = 0.001 * (1 - alpha) + alpha
-    if it >= int(cfg.decay_at * cfg.iters):
-        factor *= 0.1
-    return factor
+    """Multiplier of the base learning rate at iteration ``it`` (0-based): linear warm-up from
+    1/warmup_iters to 1, times a cosine decay from 1 at iteration 0 to 0 at ``cfg.iters``."""
+    warmup = min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters > 0 else 1.0
+    return warmup * 0.5 * (1.0 + math.cos(math.pi * it / cfg.iters))
+
+
+def _optimizer(model: Any, cfg: TrainConfig) -> Any:
+    """AdamW with weight decay on weight matrices/kernels only (not on norms and biases)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
 
 
 class CocoInstances:
@@ -152,10 +165,7 @@ def train_demo(
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
         model = build_model(spec).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
+        optimizer = _optimizer(model, config)
         bar = tqdm(range(config.iters), desc="train", unit="it", disable=not show_progress)
         for it in bar:
             for group in optimizer.param_groups:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,14 @@ from maskrt.train import CocoInstances, TrainConfig, lr_factor, train_demo
 
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = TrainConfig(iters=1000, warmup_iters=100)
-    assert lr_factor(0, cfg) == pytest.approx(0.001)
-    assert lr_factor(50, cfg) == pytest.approx(0.5005)
-    assert lr_factor(100, cfg) == 1.0
-    assert lr_factor(799, cfg) == 1.0
-    assert lr_factor(800, cfg) == pytest.approx(0.1)
+    cosine = [0.5 * (1 + math.cos(math.pi * i / 1000)) for i in range(1000)]
+    assert lr_factor(0, cfg) == pytest.approx(0.01 * cosine[0])
+    assert lr_factor(49, cfg) == pytest.approx(0.5 * cosine[49])
+    assert lr_factor(99, cfg) == pytest.approx(cosine[99])
+    assert lr_factor(500, cfg) == pytest.approx(0.5)
+    assert lr_factor(999, cfg) == pytest.approx(cosine[999]) and lr_factor(999, cfg) < 1e-4
+    factors = [lr_factor(i, cfg) for i in range(100, 1000)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))  # decays monotonically
 
 
 def test_short_run_is_deterministic_and_loads(tmp_path: Path, shapes_dataset: Path) -> None:

@@ -32,8 +32,10 @@ from ..specs import SHAPES_CATEGORIES
 SPLITS = ("train", "val")
 MIN_SIDE, MAX_SIDE = 96, 200  # image side lengths in pixels
 MAX_SHAPES = 5
-MIN_VISIBLE_AREA = 40  # pixels: fully occluded slivers are not instances
-MAX_OCCLUSION = 0.35  # a new shape may cover at most this fraction of an earlier one
+MIN_VISIBLE_AREA = 80  # pixels: fully occluded slivers are not instances
+MAX_OCCLUSION = 0.35  # later shapes together may hide at most this fraction of a shape
+MIN_INSIDE = 0.75  # at least this fraction of a shape lies inside the image
+MIN_CONTRAST = 120  # L1 distance (0..765) of a shape's colour to every colour it covers
 _SPLIT_SALT = {"train": 0, "val": 1_000_003}
 
 
@@ -58,7 +60,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
         img = base * (1 - t[..., None]) + other * t[..., None]
     else:  # noisy
-        img = base + rng.normal(0, rng.uniform(8, 40), size=(height, width, 3))
+        img = base + rng.normal(0, rng.uniform(4, 24), size=(height, width, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -77,8 +79,19 @@ def _shape_polygon(
     ]
 
 
-def _draw_shape(rng: np.random.Generator, category: str, height: int, width: int) -> np.ndarray:
-    """Binary mask [H, W] of one randomly placed, sized and rotated shape."""
+def _ideal_area(category: str, size: float) -> float:
+    """Area in pixels of the whole shape (also the parts outside the image)."""
+    if category == "circle":
+        return math.pi * size * size / 4
+    if category == "square":
+        return size * size
+    return math.sqrt(3) / 4 * size * size  # equilateral triangle of side ``size``
+
+
+def _draw_shape(
+    rng: np.random.Generator, category: str, height: int, width: int
+) -> tuple[np.ndarray, float]:
+    """Binary mask [H, W] of one randomly placed, sized and rotated shape, and its whole area."""
     size = rng.uniform(0.22, 0.55) * min(height, width)
     # The centre may sit near the border so some shapes are cut by the image edge.
     cx = rng.uniform(0.1, 0.9) * width
@@ -90,24 +103,51 @@ def _draw_shape(rng: np.random.Generator, category: str, height: int, width: int
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
     else:
         draw.polygon(_shape_polygon(rng, category, cx, cy, size), fill=1)
-    return np.asarray(canvas, dtype=bool)
+    return np.asarray(canvas, dtype=bool), _ideal_area(category, size)
 
 
 def _place_shape(
-    rng: np.random.Generator, category: str, height: int, width: int, others: list[np.ndarray]
-) -> np.ndarray | None:
-    """A shape that hides at most MAX_OCCLUSION of any earlier one (a few tries), or None.
+    rng: np.random.Generator,
+    category: str,
+    height: int,
+    width: int,
+    others: list[np.ndarray],
+    other_areas: list[float],
+) -> tuple[np.ndarray, float] | None:
+    """A shape mostly inside the image that leaves every earlier shape at least
+    1 - MAX_OCCLUSION of its whole area visible (a few tries), or None.
 
-    Occlusion stays partial so that every instance remains recognisable as its category.
+    Cuts and occlusion stay partial so that every instance remains recognisable as its category.
     """
     for _ in range(8):
-        mask = _draw_shape(rng, category, height, width)
-        area = int(mask.sum())
-        if area == 0:
+        mask, ideal = _draw_shape(rng, category, height, width)
+        if int(mask.sum()) < MIN_INSIDE * ideal:
             continue
-        if all(int((mask & o).sum()) <= MAX_OCCLUSION * max(int(o.sum()), 1) for o in others):
-            return mask
+        if all(
+            int((o & ~mask).sum()) >= (1 - MAX_OCCLUSION) * a for o, a in zip(others, other_areas)
+        ):
+            return mask, ideal
     return None
+
+
+def _contrasting_colour(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, covered: list[np.ndarray]
+) -> np.ndarray:
+    """A random colour at least MIN_CONTRAST away from the background and from every earlier
+    shape under ``mask`` (the best of a few draws)."""
+    under = [image[mask & ~np.any(covered, axis=0)] if covered else image[mask]]
+    under += [image[mask & c] for c in covered]
+    refs = [u.reshape(-1, 3).mean(axis=0) for u in under if len(u)]
+    best, best_gap = None, -1.0
+    for _ in range(16):
+        colour = rng.integers(0, 256, size=3)
+        gap = min((float(np.abs(r - colour).sum()) for r in refs), default=765.0)
+        if gap > best_gap:
+            best, best_gap = colour, gap
+        if gap >= MIN_CONTRAST:
+            break
+    assert best is not None
+    return best
 
 
 def generate_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[ShapeInstance]]:
@@ -116,20 +156,19 @@ def generate_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[
     height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
     image = _background(rng, height, width)
     masks: list[np.ndarray] = []
+    areas: list[float] = []
     categories: list[int] = []
     for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
         category_id = int(rng.integers(1, len(SHAPES_CATEGORIES) + 1))
-        mask = _place_shape(rng, SHAPES_CATEGORIES[category_id - 1], height, width, masks)
-        if mask is None:
+        placed = _place_shape(rng, SHAPES_CATEGORIES[category_id - 1], height, width, masks, areas)
+        if placed is None:
             continue
-        colour = rng.integers(0, 256, size=3)
-        # Keep the shape visible against the background: push its colour away if too close.
-        if mask.any() and np.abs(image[mask].mean(axis=0) - colour).sum() < 90:
-            colour = (colour + 128) % 256
-        image[mask] = colour
+        mask, area = placed
+        image[mask] = _contrasting_colour(rng, image, mask, [m & mask for m in masks])
         for earlier in masks:  # later shapes occlude earlier ones
             earlier &= ~mask
         masks.append(mask)
+        areas.append(area)
         categories.append(category_id)
     instances = [
         ShapeInstance(c, m) for c, m in zip(categories, masks) if int(m.sum()) >= MIN_VISIBLE_AREA
