@@ -6,6 +6,17 @@ import click
 
 from maskrt.errors import MaskrtError
 
+from .int8 import METHODS
+
+# Shared by every verb that calibrates INT8 (calibrate, validate, convert).
+method_option = click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="entropy",
+    show_default=True,
+    help="INT8: how activation ranges are chosen (minmax, percentile, entropy/KL).",
+)
+
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -22,13 +33,7 @@ from maskrt.errors import MaskrtError
     type=click.Path(),
     help="INT8: calibration images (folders or files; repeatable).",
 )
-@click.option(
-    "--method",
-    type=click.Choice(["minmax", "percentile", "entropy"]),
-    default="entropy",
-    show_default=True,
-    help="INT8: how activation ranges are chosen.",
-)
+@method_option
 @click.option("--max-images", type=int, default=512, show_default=True, help="INT8: image cap.")
 @click.option(
     "--cache", type=click.Path(dir_okay=False), default=None, help="INT8: calibration cache JSON."
@@ -100,13 +105,7 @@ def calibrate_command(
     help="Allowed |ΔAP| in AP points, e.g. fp32=0.1,fp16=0.3,int8=1.5 (the defaults).",
 )
 @click.option("--calib-images", type=int, default=512, show_default=True, help="INT8 images.")
-@click.option(
-    "--method",
-    type=click.Choice(["minmax", "percentile", "entropy"]),
-    default="entropy",
-    show_default=True,
-    help="INT8 calibration method.",
-)
+@method_option
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 def validate_command(
     checkpoint: str,

@@ -102,4 +102,3 @@ def save_graph(model: onnx.ModelProto, path: str | os.PathLike[str], force: bool
     with atomic_path(target) as tmp:
         onnx.save(model, os.fspath(tmp))
     return target
-

@@ -11,6 +11,12 @@ weights, per-tensor activations. ONNX Runtime's ``onnxruntime.quantization`` doe
   no Q/DQ on those nodes' outputs so TensorRT fuses them like an FP32 graph. RPN and box
   decoding, NMS, the RoIAlign units and the final mask sigmoid stay FP32.
 
+Histogram methods (entropy, percentile) choose the ranges of the backbone, FPN and RPN tensors;
+the RoI heads' activations always get their full observed range (min-max). Their histograms are
+dominated by background RoIs, so a histogram method clips the rare large activations of the
+objects themselves: on the demo model, entropy everywhere cost 3.7 bbox AP points, entropy with
+full-range heads 0.9.
+
 Calibration images go through the runtime's own pre-processing (:mod:`maskrt.runtime`), and the
 ranges are cached (:mod:`maskrt.calibration.cache`).
 """
@@ -52,6 +58,7 @@ from .regions import (
     fold_identity_constants,
     int8_nodes,
     name_nodes,
+    roi_head_tensors,
 )
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -198,10 +205,16 @@ def collect_ranges(
     fixed_size: tuple[int, int] | None = None,
     show_progress: bool = False,
     needed: set[str] | None = None,
+    full_range: set[str] | frozenset[str] = frozenset(),
 ) -> Any:
     """Per-tensor ranges (ORT ``TensorsData``) of the Conv/Gemm/Add tensors of ``model_path``;
-    histogram methods keep only the ``needed`` tensors (the KL search is per tensor and slow)."""
-    from onnxruntime.quantization.calibrate import HistogramCalibrater, create_calibrator
+    histogram methods keep only the ``needed`` tensors (the KL search is per tensor and slow)
+    and give the ``full_range`` tensors their largest observed magnitude instead."""
+    from onnxruntime.quantization.calibrate import (
+        HistogramCalibrater,
+        TensorData,
+        create_calibrator,
+    )
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory(prefix="maskrt-calib-") as tmp:
@@ -222,6 +235,12 @@ def collect_ranges(
                              unit="img", disable=not show_progress):  # fmt: skip
                 calibrator.collect_data(_OneFeed(feed))
             ranges = calibrator.compute_data()
+        if isinstance(calibrator, HistogramCalibrater):
+            for name, histogram in calibrator.collector.histogram_dict.items():
+                if name in full_range and name in ranges.data:
+                    edges = histogram[1]  # the histograms span everything observed
+                    t = np.float32(max(abs(float(edges[0])), abs(float(edges[-1]))))
+                    ranges.data[name] = TensorData(lowest=np.array(-t), highest=np.array(t))
         del calibrator
     return ranges
 
@@ -339,7 +358,9 @@ def quantize_to_int8(
 
     fold_identity_constants(model)
     name_nodes(model)
-    nodes = int8_nodes(model, find_regions(model, float_tensors(model)))
+    regions = find_regions(model, float_tensors(model))
+    nodes = int8_nodes(model, regions)
+    heads = roi_head_tensors(model, regions)
     with tempfile.TemporaryDirectory(prefix="maskrt-int8-") as tmp:
         named = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(named))
@@ -347,13 +368,15 @@ def quantize_to_int8(
             model_sha256=sha256_file(named),
             data_sha256=images.sha256,
             method=method,
-            settings=json.dumps(_calibrator_options(method), sort_keys=True),
+            settings=json.dumps(
+                {**_calibrator_options(method), "roi_heads": "full range"}, sort_keys=True
+            ),
         )
         ranges, note = read_cache(cache, key) if cache else (None, "no cache")
         if ranges is None:
             needed = activation_inputs(model, nodes)
             ranges = collect_ranges(
-                named, spec, images, method, _fixed_size(model), show_progress, needed
+                named, spec, images, method, _fixed_size(model), show_progress, needed, heads
             )
             if cache:
                 write_cache(cache, key, ranges, {"images": len(images.paths)})

@@ -153,12 +153,62 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[int]]:
     return users
 
 
-def int8_nodes(model: onnx.ModelProto, regions: Regions) -> list[str]:
+def roi_head_tensors(model: onnx.ModelProto, regions: Regions) -> set[str]:
+    """Feature tensors computed from pooled RoI features: the outputs of the RoIAlign units and
+    everything the feature region derives from them (box, mask and keypoint heads)."""
+    g = model.graph
+    found = {o for idx in regions.units for o in g.node[idx].output}
+    for idx in sorted(regions.feature_nodes):  # graph order: producers before readers
+        node = g.node[idx]
+        if any(t in found for t in node.input):
+            found.update(o for o in node.output if o in regions.feature_tensors)
+    return found
+
+
+def prediction_nodes(model: onnx.ModelProto, regions: Regions) -> set[int]:
+    """Indices of the last Conv/ConvTranspose/Gemm/MatMul on each path of the feature region:
+    the layers that turn features into logits and box deltas (RPN objectness and deltas, box
+    class scores and deltas, mask logits, keypoint heatmaps). Found by data flow: no other
+    matrix operator is reachable from their outputs inside the feature region."""
+    g = model.graph
+    users = consumers(model)
+    reaches: dict[int, bool] = {}  # node -> a matrix op lies strictly downstream
+
+    def downstream_matmul(idx: int) -> bool:
+        if idx not in reaches:
+            found = False
+            for out in g.node[idx].output:
+                for user in users.get(out, []):
+                    if user in regions.feature_nodes and (
+                        g.node[user].op_type in MATMUL_OPS or downstream_matmul(user)
+                    ):
+                        found = True
+            reaches[idx] = found
+        return reaches[idx]
+
+    # Walk in reverse graph order so that the recursion above stays shallow.
+    for idx in sorted(regions.feature_nodes, reverse=True):
+        downstream_matmul(idx)
+    return {
+        idx
+        for idx in regions.feature_nodes
+        if g.node[idx].op_type in MATMUL_OPS and not reaches[idx]
+    }
+
+
+def int8_nodes(
+    model: onnx.ModelProto, regions: Regions, keep_predictions_float: bool = True
+) -> list[str]:
     """Names of the nodes to quantize: Conv/ConvTranspose/Gemm/MatMul of the feature region and
     the Adds that join two feature tensors (residual and FPN top-down sums), which TensorRT fuses
-    into the preceding convolution."""
+    into the preceding convolution.
+
+    With ``keep_predictions_float`` the prediction layers (:func:`prediction_nodes`) stay in
+    float: their outputs are decoded into coordinates and scores, where an INT8 step of a box
+    delta is a visible fraction of a pixel-accurate box, and they cost little compute."""
+    skip = prediction_nodes(model, regions) if keep_predictions_float else set()
     names = []
-    for idx in sorted(regions.feature_nodes):
+    for idx in sorted(regions.feature_nodes - skip):
         node = model.graph.node[idx]
         if node.op_type in MATMUL_OPS:
             names.append(node.name)

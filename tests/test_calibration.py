@@ -19,7 +19,12 @@ from onnx import TensorProto, helper, numpy_helper
 from maskrt import contract
 from maskrt.calibration import calibrate_fp16, convert_to_fp16, find_regions, quantize_to_int8
 from maskrt.calibration.fp16 import collapse_cast_pairs
-from maskrt.calibration.regions import is_unit
+from maskrt.calibration.regions import (
+    int8_nodes,
+    is_unit,
+    prediction_nodes,
+    roi_head_tensors,
+)
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
 
@@ -232,6 +237,31 @@ def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path)
         np.testing.assert_allclose(g, r, rtol=0, atol=atol, err_msg=name)
 
 
+# torchvision's prediction layers of the demo Mask R-CNN (what turns features into logits/deltas)
+PREDICTION_WEIGHTS = {
+    f"model.{m}.weight"
+    for m in (
+        "rpn.head.cls_logits",
+        "rpn.head.bbox_pred",
+        "roi_heads.box_predictor.cls_score",
+        "roi_heads.box_predictor.bbox_pred",
+        "roi_heads.mask_predictor.mask_fcn_logits",
+    )
+}
+
+
+def test_prediction_layers_and_roi_heads_found_by_data_flow(deploy_graph: Path) -> None:
+    model = onnx.load(str(deploy_graph))
+    regions = find_regions(model)
+    preds = [model.graph.node[i] for i in prediction_nodes(model, regions)]
+    assert {n.input[1] for n in preds} == PREDICTION_WEIGHTS
+    assert len(preds) == 2 * 5 + 2 + 1  # the RPN head runs once per FPN level (5)
+    heads = roi_head_tensors(model, regions)
+    assert any("box_head" in t for t in heads) and any("mask_head" in t for t in heads)
+    assert not any("backbone" in t or "rpn" in t for t in heads)
+    assert len(int8_nodes(model, regions)) == len(int8_nodes(model, regions, False)) - len(preds)
+
+
 def _copy_images(src: Path, dst: Path, n: int) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for p in sorted(src.glob("*.png"))[:n]:
@@ -269,7 +299,12 @@ def test_int8_qdq_placement_cache_and_surgery(
             else:  # an activation: per tensor
                 assert scale.shape == ()
     assert set(readers) <= {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
-    assert readers["Conv"] >= 2 * 40 and readers["Gemm"] == 2 * 4
+    # fc6 and fc7 of the box head; the box predictor's two Gemms stay float
+    assert readers["Conv"] >= 2 * 35 and readers["Gemm"] == 2 * 2
+    for n in model.graph.node:
+        if any(w in n.input for w in PREDICTION_WEIGHTS):
+            sources = [prod[t].op_type for t in n.input if t in prod]
+            assert "DequantizeLinear" not in sources, n.name
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta[contract.META_PRECISION] == "int8"
 
