@@ -21,7 +21,6 @@ import functools
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _timing import time_calls
 from torchvision.ops import MultiScaleRoIAlign
 
 from maskrt.plugins import (
@@ -72,29 +72,11 @@ def traffic_bytes(feats: list[torch.Tensor], rois: torch.Tensor, out_numel: int,
 
 
 def time_cpu(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(time_calls(fn, "cpu", reps, warmup))
 
 
 def time_cuda(fn: Callable[[], Any], reps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, "cuda", reps, warmup))
 
 
 def bench_cpu(

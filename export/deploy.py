@@ -18,6 +18,7 @@ Shapes: ``images`` [B, 3, H, W] float32, ``image_sizes`` [B, 2] int32 (height, w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +38,9 @@ _DROPPED = -1.0
 _NMS_SCORE_THRESHOLD = -0.5
 _RPN_MIN_SIZE = 1e-3  # torchvision RegionProposalNetwork.min_size
 _BOX_MIN_SIZE = 1e-2  # torchvision RoIHeads.postprocess_detections
+
+# (feature maps [B, C, H_l, W_l] finest first, RoIs [B, N, 4], unit) -> [B, N, C, P, P]
+RoIAlignFn = Callable[[list[Tensor], Tensor, RoIAlignUnit], Tensor]
 
 
 def roi_align_unit(
@@ -108,8 +112,13 @@ class DeployModel(nn.Module):
         model: Any,
         example_features_hw: tuple[int, int] = (256, 256),
         with_proposals: bool = False,
+        roi_align: RoIAlignFn = multiscale_roi_align,
     ):
+        """``roi_align`` pools every RoIAlign unit; the default traces to one
+        ``maskrt::MultiScaleRoIAlign`` node. Another implementation (e.g. the plugin's CUDA
+        kernel) runs the deploy model eagerly with it; it cannot be exported."""
         super().__init__()
+        self.roi_align = roi_align
         # Debug outputs after the contract's: proposals [B, P, 4] and num_proposals [B] int32.
         self.with_proposals = with_proposals
         self.model = model
@@ -147,7 +156,7 @@ class DeployModel(nn.Module):
         """[B, N, 4] RoIs -> [B * N, C, P, P] through the named RoIAlign unit."""
         pooler = getattr(self.model.roi_heads, f"{name}_roi_pool")
         maps = [features[k] for k in pooler.featmap_names]
-        pooled = multiscale_roi_align(maps, rois, self.units[name])
+        pooled = self.roi_align(maps, rois, self.units[name])
         return pooled.flatten(0, 1)
 
     # ---------------------------------------------------------------- RPN
@@ -196,8 +205,9 @@ class DeployModel(nn.Module):
 
         # Per-level NMS: level l is NMS class l; rows of other levels are dropped from class l.
         num_levels = len(boxes_l)
-        level_of_row = torch.arange(num_levels).repeat_interleave(pre)  # [L*pre]
-        in_level = level_of_row[None, :] == torch.arange(num_levels)[:, None]  # [L, L*pre]
+        levels = torch.arange(num_levels, device=valid.device)
+        level_of_row = levels.repeat_interleave(pre)  # [L*pre]
+        in_level = level_of_row[None, :] == levels[:, None]  # [L, L*pre]
         nms_scores = torch.where(in_level[None] & valid[:, None], probs[:, None], _DROPPED)
         selected = batched_nms(
             boxes, nms_scores, self.post_nms_top_n, self.rpn_nms_thresh, _NMS_SCORE_THRESHOLD

@@ -81,7 +81,7 @@ def multiscale_roi_align_reference(
     """
     b, n = rois.shape[0], rois.shape[1]
     flat = rois.reshape(-1, 4)
-    batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(n)
+    batch_idx = torch.arange(b, dtype=flat.dtype, device=flat.device).repeat_interleave(n)
     levels = roi_levels(flat, unit)
     out: Tensor | None = None
     for level, (feature, scale) in enumerate(zip(features, unit.spatial_scales)):
@@ -155,7 +155,7 @@ def _nms_reference(
             col = torch.full_like(keep, b)
             rows.append(torch.stack([col, torch.full_like(keep, c), keep], dim=1))
     if not rows:
-        return torch.zeros((0, 3), dtype=torch.int64)
+        return torch.zeros((0, 3), dtype=torch.int64, device=boxes.device)
     return torch.cat(rows, 0)
 
 

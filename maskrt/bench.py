@@ -132,10 +132,15 @@ def detections_agree(a: Detections, b: Detections, box_tol: float = 1e-2) -> boo
 
 def _interleaved(
     sides: Sequence[Any], batches: Sequence[Sequence[np.ndarray]], reps: int
-) -> tuple[list[StageTimes], int, int]:
-    """Time every side on every batch ``reps`` times, alternating which side goes first."""
+) -> tuple[list[StageTimes], list[int], int]:
+    """Time every side on every batch ``reps`` times, alternating which side goes first.
+
+    Returns the times per side, how many images each side's detections agree with side 0's
+    (first repetition), and the number of images compared.
+    """
     times = [StageTimes() for _ in sides]
-    agree = total = 0
+    agree = [0] * len(sides)
+    total = 0
     for rep in range(reps):
         for batch in batches:
             order = list(range(len(sides)))
@@ -145,9 +150,9 @@ def _interleaved(
             for i in order:
                 results[i] = sides[i].run(batch, times[i])
             if rep == 0:
-                for ref, other in zip(results[0], results[1]):
-                    total += 1
-                    agree += detections_agree(ref, other)
+                total += len(batch)
+                for i in range(len(sides)):
+                    agree[i] += sum(map(detections_agree, results[0], results[i]))
     return times, agree, total
 
 
@@ -244,16 +249,48 @@ def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
     return spec, build_model(spec)
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _precision_graphs(
+    fp32: Path, precisions: Sequence[str], calib_data: str | None, log: Callable[[str], None]
+) -> dict[str, Path]:
+    """The deploy graph in each precision, made by maskrt.calibration next to ``fp32``."""
+    from .calibration import calibrate_fp16, quantize_to_int8
+    from .errors import MaskrtError
+
+    graphs = {}
+    for precision in precisions:
+        if precision == "fp32":
+            graphs[precision] = fp32
+        elif precision == "fp16":
+            log("converting to FP16 ...")
+            graphs[precision] = calibrate_fp16(fp32, fp32.with_suffix(".fp16.onnx")).path
+        elif precision == "int8":
+            if calib_data is None:
+                raise MaskrtError("--precision int8 needs --calib-data (calibration images)")
+            log("calibrating INT8 (entropy, 64 images) ...")
+            dst = fp32.with_suffix(".int8.onnx")
+            quantize_to_int8(fp32, dst, calib_data, method="entropy", max_images=64)
+            graphs[precision] = dst
+        else:
+            raise MaskrtError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    return graphs
+
+
 def bench_end_to_end(
     images: Sequence[np.ndarray],
     checkpoint: str | os.PathLike[str] | None = None,
     arch: str | None = None,
     reps: int = 5,
     batch_sizes: Sequence[int] = (1, 4),
+    precisions: Sequence[str] = ("fp32",),
+    calib_data: str | None = None,
     measure_memory: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """torchvision eager vs the deploy graph in ONNX Runtime, same checkpoint, same images."""
+    """torchvision eager vs the deploy graph in ONNX Runtime (one side per precision), same
+    checkpoint, same images. ``calib_data`` (images) is needed for ``int8``."""
     from .export import export_onnx
 
     ckpt = os.fspath(checkpoint) if checkpoint else ""
@@ -269,30 +306,36 @@ def bench_end_to_end(
         onnx_path = Path(tmp) / "model.onnx"
         log(f"exporting {spec.arch} ...")
         export_onnx(spec, model, onnx_path)
-        sides = [TorchvisionSide(model), OnnxRuntimeSide(onnx_path, spec)]
+        graphs = _precision_graphs(onnx_path, precisions, calib_data, log)
+        sides: list[Any] = [TorchvisionSide(model)]
+        sides += [OnnxRuntimeSide(g, spec, f"maskrt onnxruntime {p}") for p, g in graphs.items()]
         for bs in batch_sizes:
             batches = [list(images[i : i + bs]) for i in range(0, len(images) - bs + 1, bs)]
             if not batches:
                 continue
             log(f"batch {bs}: {len(batches)} batches x {reps} reps, interleaved ...")
-            sides[0].run(batches[0], StageTimes())  # warm-up, untimed
-            sides[1].run(batches[0], StageTimes())
+            for side in sides:  # warm-up, untimed
+                side.run(batches[0], StageTimes())
             times, agree, total = _interleaved(sides, batches, reps)
-            entry: dict[str, Any] = {"identical_detections": f"{agree}/{total}"}
+            entry: dict[str, Any] = {"identical_detections": {}, "speedup": {}, "sides": {}}
             for side, t in zip(sides, times):
                 s = t.summary()
                 s["images_per_s"] = bs * 1e3 / s["total"]["median"]
-                entry[side.name] = s
-            ref, ours = entry[sides[0].name], entry[sides[1].name]
-            entry["speedup"] = {k: ref[k]["median"] / ours[k]["median"] for k in (*STAGES, "total")}
+                entry["sides"][side.name] = s
+            ref = entry["sides"][sides[0].name]
+            for side, a in zip(sides[1:], agree[1:]):
+                ours = entry["sides"][side.name]
+                entry["identical_detections"][side.name] = f"{a}/{total}"
+                entry["speedup"][side.name] = {
+                    k: ref[k]["median"] / ours[k]["median"] for k in (*STAGES, "total")
+                }
             report["batches"][str(bs)] = entry
         if measure_memory:
             log("peak RSS, one fresh process per side ...")
             few = list(images[: min(4, len(images))])
-            report["peak_rss_mib"] = {
-                sides[0].name: _peak_rss("torch", ckpt, arch, None, few),
-                sides[1].name: _peak_rss("ort", ckpt, arch, str(onnx_path), few),
-            }
+            report["peak_rss_mib"] = {sides[0].name: _peak_rss("torch", ckpt, arch, None, few)}
+            for side, graph in zip(sides[1:], graphs.values()):
+                report["peak_rss_mib"][side.name] = _peak_rss("ort", ckpt, arch, str(graph), few)
     return report
 
 
@@ -340,17 +383,19 @@ def format_report(report: dict[str, Any]) -> str:
     """The end-to-end report as Markdown: ratios first, then per-stage medians and p90s."""
     lines = [f"### {report['model']}, {report['images']} images of {report['image_size'][0]} px"]
     for bs, entry in report["batches"].items():
-        sides = [k for k in entry if k not in ("identical_detections", "speedup")]
-        sp = entry["speedup"]
-        lines.append(
-            f"\nBatch {bs}: **{sp['total']:.2f}x** end to end (pre {sp['pre']:.2f}x, infer "
-            f"{sp['infer']:.2f}x, post {sp['post']:.2f}x); identical detections "
-            f"{entry['identical_detections']}\n"
-        )
-        lines.append("| side | pre ms | infer ms | post ms | total ms (median / p90) | images/s |")
-        lines.append("|---|---|---|---|---|---|")
-        for side in sides:
-            s = entry[side]
+        lines.append(f"\nBatch {bs}, speed-up over torchvision eager:\n")
+        for name, sp in entry["speedup"].items():
+            lines.append(
+                f"- {name}: **{sp['total']:.2f}x** end to end (pre {sp['pre']:.2f}x, infer "
+                f"{sp['infer']:.2f}x, post {sp['post']:.2f}x); identical detections "
+                f"{entry['identical_detections'][name]}"
+            )
+        lines += [
+            "",
+            "| side | pre ms | infer ms | post ms | total ms (median / p90) | images/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for side, s in entry["sides"].items():
             lines.append(
                 f"| {side} | {s['pre']['median']:.1f} | {s['infer']['median']:.1f} | "
                 f"{s['post']['median']:.1f} | {s['total']['median']:.1f} / {s['total']['p90']:.1f} "

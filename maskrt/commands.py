@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .calibration.cli import method_option
 from .errors import MaskrtError
 
 
@@ -53,7 +54,7 @@ def shapes_command(out: str, n_train: int, n_val: int, seed: int, force: bool) -
 @click.option(
     "--data", type=click.Path(file_okay=False), help="Dataset root (default: synthetic shapes)."
 )
-@click.option("--iters", default=800, show_default=True)
+@click.option("--iters", default=1500, show_default=True)
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing checkpoint.")
@@ -145,7 +146,7 @@ def default_cache_dir() -> Path:
     help="Dataset and model cache [default: $MASKRT_CACHE_DIR or ~/.cache/maskrt].",
 )
 @click.option("--retrain", is_flag=True, help="Train the demo model again even if cached.")
-@click.option("--iters", default=800, show_default=True, help="Training iterations.")
+@click.option("--iters", default=1500, show_default=True, help="Training iterations.")
 def demo_command(cache_dir: str | None, retrain: bool, iters: int) -> None:
     """The main job on the embedded data: train, export, convert, and prove it in COCO AP.
 
@@ -178,6 +179,18 @@ COMMANDS = [data_group, train_command, eval_command, demo_command]
 @click.option("--size", default=None, help="HxW of synthetic test images, e.g. 800x1344.")
 @click.option("--images", "num_images", default=8, show_default=True)
 @click.option("--reps", default=5, show_default=True)
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=("fp32",),
+    show_default=True,
+    help="Deploy-graph precisions to time (repeatable); int8 needs --calib-data.",
+)
+@click.option(
+    "--calib-data", type=click.Path(exists=True), help="INT8: calibration images (folder)."
+)
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS subprocesses.")
 @click.option(
     "--paste/--no-paste",
@@ -194,6 +207,8 @@ def bench_command(
     size: str | None,
     num_images: int,
     reps: int,
+    precisions: tuple[str, ...],
+    calib_data: str | None,
     no_memory: bool,
     paste: bool,
     json_out: str | None,
@@ -209,6 +224,8 @@ def bench_command(
         raise MaskrtError("give a CHECKPOINT, or --arch for a random-weight model")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise MaskrtError(f"{checkpoint} does not exist")
+    if "int8" in precisions and calib_data is None:
+        raise MaskrtError("--precision int8 needs --calib-data (a folder of calibration images)")
     if json_out:
         check_writable(json_out, force)
     images = _bench_images(data, size, num_images)
@@ -217,6 +234,8 @@ def bench_command(
         checkpoint=checkpoint,
         arch=arch,
         reps=reps,
+        precisions=precisions,
+        calib_data=calib_data,
         measure_memory=not no_memory,
         log=lambda m: click.echo(m, err=True),
     )
@@ -265,11 +284,11 @@ COMMANDS.append(bench_command)
 @click.command("convert")
 @click.argument("checkpoint", type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
-              show_default=True)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
 @click.option("--calib-data", type=click.Path(), help="INT8: calibration images (folder).")
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]),
-              default="entropy", show_default=True, help="INT8 calibration method.")
+@method_option
 @click.option("--max-images", default=512, show_default=True, help="INT8 calibration images.")
 @click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
 @click.option("--max-batch", default=1, show_default=True, help="Engine profile's largest batch.")

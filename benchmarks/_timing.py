@@ -1,0 +1,35 @@
+"""Wall-clock timing shared by the benchmark scripts (milliseconds per call)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def time_calls(fn: Callable[[], Any], device: str, reps: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``reps`` calls of ``fn`` after ``warmup`` untimed ones.
+
+    On ``cuda`` the calls are timed with events on the current stream (the GPU's time, not the
+    launch overhead alone); elsewhere with ``time.perf_counter``.
+    """
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times

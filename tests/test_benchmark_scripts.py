@@ -1,0 +1,50 @@
+"""The scripts in benchmarks/ run and check their own results against torchvision (tiny sizes).
+
+Smoke runs only: the figures go to BENCHMARKS.md, never into an assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_roialign_benchmark_matches_torchvision(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    r = _run("bench_roialign.py", "--quick", "--rois", "40", "--channels", "8",
+             "--height", "128", "--width", "192", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "cpu fp32: max abs difference to torchvision" in r.stderr
+    err = float(r.stderr.split("max abs difference to torchvision")[1].split()[0])
+    assert err <= 1e-5
+    rows = json.loads(out.read_text())
+    assert {(row["device"], row["impl"]) for row in rows} >= {
+        ("cpu", "torchvision"),
+        ("cpu", "maskrt"),
+    }
+
+
+def test_deploy_model_benchmark_matches_torchvision(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    r = _run("bench_deploy_torch.py", "--device", "cpu", "--size", "256x384",
+             "--reps", "1", "--warmup", "0", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = {row["impl"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"torchvision", "deploy/reference", "deploy/maskrt"}, r.stderr
+    for name in ("deploy/reference", "deploy/maskrt"):
+        # Same scores as torchvision, sorted (boxes of tied scores may come in another order).
+        assert rows[name]["max_score_diff"] <= 1e-4, rows[name]
