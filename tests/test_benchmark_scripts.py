@@ -31,7 +31,7 @@ def test_roialign_benchmark_matches_torchvision(tmp_path: Path) -> None:
     assert "cpu fp32: max abs difference to torchvision" in r.stderr
     err = float(r.stderr.split("max abs difference to torchvision")[1].split()[0])
     assert err <= 1e-5
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["rows"]
     assert {(row["device"], row["impl"]) for row in rows} >= {
         ("cpu", "torchvision"),
         ("cpu", "maskrt"),
