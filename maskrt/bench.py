@@ -190,6 +190,22 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+def _own_peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB.
+
+    Linux: ``VmHWM``, which starts afresh with the new address space of ``exec``; ``ru_maxrss``
+    would still hold the parent's high-water mark from before the spawn.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _child_peak_rss(
     kind: str,
     checkpoint: str,
@@ -210,7 +226,7 @@ def _child_peak_rss(
     for _ in range(reps):
         for im in images:
             side.run([im], times)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    queue.put(_own_peak_rss_mib())
 
 
 def _peak_rss(
