@@ -31,6 +31,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,7 @@ def collect_ranges(
     fixed_size: tuple[int, int] | None = None,
     show_progress: bool = False,
     needed: set[str] | None = None,
-    full_range: set[str] | frozenset[str] = frozenset(),
+    full_range: AbstractSet[str] = frozenset(),
 ) -> Any:
     """Per-tensor ranges (ORT ``TensorsData``) of the Conv/Gemm/Add tensors of ``model_path``;
     histogram methods keep only the ``needed`` tensors (the KL search is per tensor and slow)

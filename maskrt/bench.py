@@ -136,7 +136,7 @@ def _interleaved(
     """Time every side on every batch ``reps`` times, alternating which side goes first.
 
     Returns the times per side, how many images each side's detections agree with side 0's
-    (first repetition), and the number of images compared.
+    (first repetition; 0 for side 0 itself), and the number of images compared.
     """
     times = [StageTimes() for _ in sides]
     agree = [0] * len(sides)
@@ -151,7 +151,7 @@ def _interleaved(
                 results[i] = sides[i].run(batch, times[i])
             if rep == 0:
                 total += len(batch)
-                for i in range(len(sides)):
+                for i in range(1, len(sides)):
                     agree[i] += sum(map(detections_agree, results[0], results[i]))
     return times, agree, total
 
@@ -265,7 +265,16 @@ def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
     return spec, build_model(spec)
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+def _check_precisions(precisions: Sequence[str], calib_data: str | None) -> None:
+    """Refuse what ``_precision_graphs`` cannot make, before any slow export."""
+    from .convert import PRECISIONS
+    from .errors import MaskrtError
+
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise MaskrtError(f"unknown precision {unknown[0]!r}; choose from {', '.join(PRECISIONS)}")
+    if "int8" in precisions and calib_data is None:
+        raise MaskrtError("--precision int8 needs --calib-data (a folder of calibration images)")
 
 
 def _precision_graphs(
@@ -273,7 +282,6 @@ def _precision_graphs(
 ) -> dict[str, Path]:
     """The deploy graph in each precision, made by maskrt.calibration next to ``fp32``."""
     from .calibration import calibrate_fp16, quantize_to_int8
-    from .errors import MaskrtError
 
     graphs = {}
     for precision in precisions:
@@ -282,15 +290,11 @@ def _precision_graphs(
         elif precision == "fp16":
             log("converting to FP16 ...")
             graphs[precision] = calibrate_fp16(fp32, fp32.with_suffix(".fp16.onnx")).path
-        elif precision == "int8":
-            if calib_data is None:
-                raise MaskrtError("--precision int8 needs --calib-data (calibration images)")
+        else:  # int8, with calib_data (see _check_precisions)
             log("calibrating INT8 (entropy, 64 images) ...")
             dst = fp32.with_suffix(".int8.onnx")
-            quantize_to_int8(fp32, dst, calib_data, method="entropy", max_images=64)
+            quantize_to_int8(fp32, dst, calib_data or "", method="entropy", max_images=64)
             graphs[precision] = dst
-        else:
-            raise MaskrtError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     return graphs
 
 
@@ -309,6 +313,7 @@ def bench_end_to_end(
     checkpoint, same images. ``calib_data`` (images) is needed for ``int8``."""
     from .export import export_onnx
 
+    _check_precisions(precisions, calib_data)
     ckpt = os.fspath(checkpoint) if checkpoint else ""
     spec, model = _load(ckpt, arch)
     report: dict[str, Any] = {

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .calibration.cli import method_option
+from .convert import PRECISIONS
 from .errors import MaskrtError
 
 
@@ -183,7 +184,7 @@ COMMANDS = [data_group, train_command, eval_command, demo_command]
     "--precision",
     "precisions",
     multiple=True,
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=("fp32",),
     show_default=True,
     help="Deploy-graph precisions to time (repeatable); int8 needs --calib-data.",
@@ -224,8 +225,6 @@ def bench_command(
         raise MaskrtError("give a CHECKPOINT, or --arch for a random-weight model")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise MaskrtError(f"{checkpoint} does not exist")
-    if "int8" in precisions and calib_data is None:
-        raise MaskrtError("--precision int8 needs --calib-data (a folder of calibration images)")
     if json_out:
         check_writable(json_out, force)
     images = _bench_images(data, size, num_images)
@@ -284,9 +283,7 @@ COMMANDS.append(bench_command)
 @click.command("convert")
 @click.argument("checkpoint", type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
-)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--calib-data", type=click.Path(), help="INT8: calibration images (folder).")
 @method_option
 @click.option("--max-images", default=512, show_default=True, help="INT8 calibration images.")
