@@ -2,13 +2,17 @@
 
 Body (per call, with M = B * N RoIs)::
 
-    level  = clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)) - k_min
-    pooled = RoiAlign(feature_l, rois * spatial_scales[l], batch_index)   for every level l
-    out    = pooled of each RoI's own level, reshaped to [B, N, C, P, P]
+    level    = clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)) - k_min
+    idx_l    = NonZero(level == l)                           for every level l
+    pooled_l = RoiAlign(feature_l, rois[idx_l] * spatial_scales[l], batch_index[idx_l])
+    out      = Concat(pooled_l)[position of each RoI in Concat(idx_l)], reshaped to [B, N, C, P, P]
 
-All constants come from the node's attributes (``ref_attr_name``), so one function serves the
-box, mask and keypoint units; ONNX Runtime inlines it and runs the file unchanged. Scaling the
-RoIs before RoiAlign (spatial_scale=1) is exact: the FPN scales are powers of two.
+Each RoI is pooled once, from its own level, as torchvision's MultiScaleRoIAlign does (pooling
+every RoI from every level and selecting costs L times the work). The shapes inside are
+data-dependent (NonZero), never the output's; there is no Loop or If. All constants come from
+the node's attributes (``ref_attr_name``), so one function serves the box, mask and keypoint
+units; ONNX Runtime inlines it and runs the file unchanged. Scaling the RoIs before RoiAlign
+(spatial_scale=1) is exact: the FPN scales are powers of two.
 """
 
 from __future__ import annotations
@@ -73,7 +77,6 @@ def multiscale_roi_align_function(num_levels: int, opset: int) -> FunctionProto:
         _const("one", 1),
         _const("last", -1),
         _const("shape_m4", [-1, 4]),
-        _const("shape_m1", [-1, 1, 1, 1]),
         _const("axes0", [0]),
         _const("axis_from1", [1]),
         _const("axis_big", [2**62]),
@@ -122,17 +125,33 @@ def multiscale_roi_align_function(num_levels: int, opset: int) -> FunctionProto:
     node("Floor", ["lvl_eps"], "lvl_floor")
     node("Clip", ["lvl_floor", "k_min", "k_max"], "lvl_clip")
     node("Sub", ["lvl_clip", "k_min"], "lvl_rel")
-    node("Cast", ["lvl_rel"], "lvl_i", to=TensorProto.INT64)
-    node("Reshape", ["lvl_i", "shape_m1"], "lvl")
+    node("Cast", ["lvl_rel"], "lvl_2d", to=TensorProto.INT64)
+    node("Reshape", ["lvl_2d", "last_1d"], "lvl")  # [M]
 
-    merged = ""
+    # Each RoI goes to exactly one level (so that the levels' picks are a permutation): a level
+    # the coarser levels do not claim -- even an undefined one, from a degenerate box -- is 0.
+    n += [_const(f"l{i}", i) for i in range(num_levels)]
+    for i in range(1, num_levels):
+        node("Equal", ["lvl", f"l{i}"], f"is_{i}")
+    claimed = "is_1" if num_levels > 1 else ""
+    for i in range(2, num_levels):
+        claimed = node("Or", [claimed, f"is_{i}"], f"claimed_{i}")
+    if claimed:
+        node("Not", [claimed], "is_0")
+    else:
+        node("Equal", ["lvl", "lvl"], "is_0")
+
+    pooled, picked = [], []
     for i, feat in enumerate(feats):
         node("Gather", ["scales", f"l{i}"], f"scale_{i}", axis=0)
-        n.append(_const(f"l{i}", i))
-        node("Mul", ["flat", f"scale_{i}"], f"rois_{i}")
+        node("NonZero", [f"is_{i}"], f"nonzero_{i}")
+        picked.append(node("Reshape", [f"nonzero_{i}", "last_1d"], f"idx_{i}"))  # [M_l]
+        node("Gather", ["flat", f"idx_{i}"], f"level_rois_{i}", axis=0)
+        node("Mul", [f"level_rois_{i}", f"scale_{i}"], f"rois_{i}")
+        node("Gather", ["batch_index", f"idx_{i}"], f"batch_index_{i}", axis=0)
         ra = helper.make_node(
             "RoiAlign",
-            [feat, f"rois_{i}", "batch_index"],
+            [feat, f"rois_{i}", f"batch_index_{i}"],
             [f"pooled_{i}"],
             mode="avg",
             spatial_scale=1.0,
@@ -146,16 +165,23 @@ def multiscale_roi_align_function(num_levels: int, opset: int) -> FunctionProto:
             ]
         )
         n.append(ra)
-        if i == 0:
-            merged = f"pooled_{i}"
-        else:
-            node("Equal", ["lvl", f"l{i}"], f"is_{i}")
-            merged = node("Where", [f"is_{i}", f"pooled_{i}", merged], f"merged_{i}")
+        pooled.append(f"pooled_{i}")
 
-    node("Shape", ["pooled_0"], "pooled_shape")
+    # Back to the RoIs' order: row m of the output is row inv[m] of the level-sorted pooling, where
+    # inv inverts the permutation `order`. ScatterElements writes every position of its data
+    # (a permutation covers them all), so `order` itself serves as the data to overwrite.
+    node("Concat", pooled, "pooled_sorted", axis=0)  # [M, C, P, P]
+    node("Concat", picked, "order", axis=0)  # [M]
+    node("Shape", ["order"], "m_1d")
+    node("Squeeze", ["m_1d", "axes0"], "m")
+    node("Range", ["zero", "m", "one"], "positions")
+    node("ScatterElements", ["order", "order", "positions"], "inv", axis=0)
+    node("Gather", ["pooled_sorted", "inv"], "merged", axis=0)
+
+    node("Shape", ["merged"], "pooled_shape")
     node("Slice", ["pooled_shape", "i1", "axis_big"], "cpp")
     node("Concat", ["bn", "cpp"], "out_shape", axis=0)
-    node("Reshape", [merged, "out_shape"], "pooled")
+    node("Reshape", ["merged", "out_shape"], "pooled")
 
     # Constants first so that every node's inputs are defined before it (topological order).
     consts = [x for x in n if x.op_type == "Constant"]
