@@ -76,29 +76,26 @@ def multiscale_roi_align_reference(
 ) -> Tensor:
     """Pool ``rois`` ``[B, N, 4]`` (image pixels) from its level: ``[B, N, C, P, P]``.
 
-    Every RoI is pooled from every level and the right one kept, which gives torchvision's values
-    with static shapes.
+    Each RoI is pooled once, from its own level, as the unit's ONNX function does; a RoI whose
+    level is undefined (a degenerate box) is pooled from level 0, as there.
     """
     b, n = rois.shape[0], rois.shape[1]
     flat = rois.reshape(-1, 4)
     batch_idx = torch.arange(b, dtype=flat.dtype, device=flat.device).repeat_interleave(n)
     levels = roi_levels(flat, unit)
-    out: Tensor | None = None
+    levels = torch.where((levels >= 0) & (levels < len(features)), levels, 0)
+    p = unit.output_size
+    out = flat.new_zeros((flat.shape[0], features[0].shape[1], p, p), dtype=features[0].dtype)
     for level, (feature, scale) in enumerate(zip(features, unit.spatial_scales)):
-        pooled = roi_align(
+        idx = torch.nonzero(levels == level).reshape(-1)
+        out[idx] = roi_align(
             feature,
-            torch.cat([batch_idx[:, None], flat], dim=1),
-            output_size=unit.output_size,
+            torch.cat([batch_idx[idx, None], flat[idx]], dim=1),
+            output_size=p,
             spatial_scale=scale,
             sampling_ratio=unit.sampling_ratio,
             aligned=bool(unit.aligned),
         )
-        out = (
-            pooled
-            if out is None
-            else torch.where((levels == level)[:, None, None, None], pooled, out)
-        )
-    assert out is not None
     return out.reshape(b, n, *out.shape[1:])
 
 

@@ -24,6 +24,7 @@ from maskrt.checkpoint import save_checkpoint
 from maskrt.cli import main
 from maskrt.export import DOMAIN, MULTISCALE_ROI_ALIGN, RoIAlignUnit, export_onnx, unit_nodes
 from maskrt.export.functions import multiscale_roi_align_function
+from maskrt.export.ops import multiscale_roi_align_reference
 from maskrt.specs import build_model, demo_spec
 
 BOX_TOL = 1e-3
@@ -187,6 +188,9 @@ def test_unit_function_equals_torchvision_pooler(output_size: int) -> None:
     out = sess.run(None, {**inputs, "rois": rois.numpy()})[0]
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-5)
+    # The eager twin that the deploy model runs (and traces) gives the same.
+    eager = multiscale_roi_align_reference(list(feats.values()), rois, unit)
+    torch.testing.assert_close(eager, ref, atol=0, rtol=0)
 
 
 def test_random_demo_matches_torchvision(random_demo) -> None:
