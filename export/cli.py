@@ -19,6 +19,12 @@ from maskrt.specs import ARCHS
 @click.option("--height", type=int, default=None, help="Fix the input height (multiple of 32).")
 @click.option("--width", type=int, default=None, help="Fix the input width (multiple of 32).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option(
+    "--compact-heads",
+    is_flag=True,
+    help="Run the mask/keypoint heads only on detected rows: faster in ONNX Runtime; "
+    "data-dependent shapes inside (outputs stay padded). Default: static, for TensorRT.",
+)
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def export_command(
     checkpoint: str,
@@ -28,9 +34,10 @@ def export_command(
     height: int | None,
     width: int | None,
     opset: int,
+    compact_heads: bool,
     force: bool,
 ) -> None:
-    """Export CHECKPOINT to a static-shape ONNX graph for deployment."""
+    """Export CHECKPOINT to a padded-output ONNX graph for deployment."""
     from maskrt.checkpoint import load_checkpoint
     from maskrt.fileio import check_writable
 
@@ -39,6 +46,14 @@ def export_command(
     check_writable(output, force)  # fail before the slow part
     spec, model = load_checkpoint(checkpoint, arch=arch)
     summary = export_onnx(
-        spec, model, output, batch=batch, height=height, width=width, opset=opset, force=force
+        spec,
+        model,
+        output,
+        batch=batch,
+        height=height,
+        width=width,
+        opset=opset,
+        compact_heads=compact_heads,
+        force=force,
     )
     click.echo(str(summary))

@@ -11,7 +11,11 @@ the data. Instead of dropping rows it pads and masks them:
 * Box head: all ``post_nms_top_n`` proposals are classified; per-class NMS is one
   NonMaxSuppression whose batch entries are the (image, class) pairs; the top K kept become the
   detections, padded to K = ``box_detections_per_img``.
-* Masks / keypoint heatmaps are computed for the K padded detections and not pasted.
+* Masks / keypoint heatmaps are computed for the K padded detections and not pasted. With
+  ``compact_heads`` the mask/keypoint heads run only on the detected rows (NonZero, Gather, then
+  ScatterND back into the padded output): shapes inside become data-dependent, the outputs stay
+  padded. That saves the padding rows' convolutions on runtimes that size tensors per run (ONNX
+  Runtime on CPU); the default keeps every shape static, as TensorRT builds best.
 
 Shapes: ``images`` [B, 3, H, W] float32, ``image_sizes`` [B, 2] int32 (height, width).
 """
@@ -113,12 +117,15 @@ class DeployModel(nn.Module):
         example_features_hw: tuple[int, int] = (256, 256),
         with_proposals: bool = False,
         roi_align: RoIAlignFn = multiscale_roi_align,
+        compact_heads: bool = False,
     ):
         """``roi_align`` pools every RoIAlign unit; the default traces to one
         ``maskrt::MultiScaleRoIAlign`` node. Another implementation (e.g. the plugin's CUDA
-        kernel) runs the deploy model eagerly with it; it cannot be exported."""
+        kernel) runs the deploy model eagerly with it; it cannot be exported. ``compact_heads``:
+        see the module's docstring."""
         super().__init__()
         self.roi_align = roi_align
+        self.compact_heads = compact_heads
         # Debug outputs after the contract's: proposals [B, P, 4] and num_proposals [B] int32.
         self.with_proposals = with_proposals
         self.model = model
@@ -259,25 +266,48 @@ class DeployModel(nn.Module):
 
     # ---------------------------------------------------------------- mask / keypoint heads
 
+    def _on_detected_rows(
+        self, pooled: Tensor, valid: Tensor, head: Callable[[Tensor, Tensor], Tensor]
+    ) -> Tensor:
+        """``head(x, rows)`` on the rows of ``pooled`` [B*K, C, P, P] that ``valid`` [B, K] marks,
+        zeros on the others: [B, K, ...]. ``rows`` are the row numbers in B*K that ``x`` holds."""
+        flat_valid = valid.reshape(-1)
+        if self.compact_heads:
+            rows = torch.nonzero(flat_valid).reshape(-1)
+            out = head(pooled[rows], rows)
+            padded = torch.zeros_like(flat_valid, dtype=out.dtype)
+            padded = padded.reshape([-1] + [1] * (out.dim() - 1)).expand(-1, *out.shape[1:])
+            out = padded.index_put((rows,), out)
+        else:
+            rows = torch.arange(flat_valid.shape[0], device=flat_valid.device)
+            out = head(pooled, rows)
+            mask = flat_valid.reshape([-1] + [1] * (out.dim() - 1))
+            out = torch.where(mask, out, 0.0)
+        return out.reshape(*valid.shape, *out.shape[1:])
+
     def masks(
         self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor, valid: Tensor
     ) -> Tensor:
         """Mask probabilities of the predicted class [B, K, 28, 28] (0 on padding rows)."""
         heads = self.model.roi_heads
-        x = heads.mask_head(self._pool("mask", features, boxes))
-        logits = heads.mask_predictor(x)  # [B*K, NC, M, M]
-        m = logits.shape[-1]
-        index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
-        probs = torch.gather(logits, 1, index).sigmoid().reshape(boxes.shape[0], -1, m, m)
-        return torch.where(valid[:, :, None, None], probs, 0.0)
+        flat_labels = labels.reshape(-1)
+
+        def head(x: Tensor, rows: Tensor) -> Tensor:
+            logits = heads.mask_predictor(heads.mask_head(x))  # [R, NC, M, M]
+            m = logits.shape[-1]
+            index = flat_labels[rows].reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
+            return torch.gather(logits, 1, index).sigmoid().reshape(-1, m, m)
+
+        return self._on_detected_rows(self._pool("mask", features, boxes), valid, head)
 
     def keypoint_logits(self, features: dict[str, Tensor], boxes: Tensor, valid: Tensor) -> Tensor:
         """Keypoint heatmap logits [B, K, num_keypoints, 56, 56] (0 on padding rows)."""
         heads = self.model.roi_heads
-        x = heads.keypoint_head(self._pool("keypoint", features, boxes))
-        logits = heads.keypoint_predictor(x)  # [B*K, J, S, S]
-        logits = logits.reshape(boxes.shape[0], -1, *logits.shape[1:])
-        return torch.where(valid[:, :, None, None, None], logits, 0.0)
+
+        def head(x: Tensor, rows: Tensor) -> Tensor:
+            return heads.keypoint_predictor(heads.keypoint_head(x))  # [R, J, S, S]
+
+        return self._on_detected_rows(self._pool("keypoint", features, boxes), valid, head)
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         x = (images - self.mean) / self.std

@@ -151,12 +151,14 @@ def build_onnx(
     width: int | None = None,
     opset: int = DEFAULT_OPSET,
     with_proposals: bool = False,
+    compact_heads: bool = False,
     step: Callable[[str], None] | None = None,
 ) -> onnx.ModelProto:
     """The deploy graph of ``model`` (built from ``spec``) as an in-memory, checked ModelProto.
 
     ``with_proposals`` adds the debug outputs ``proposals`` [B, post_nms_top_n, 4] and
-    ``num_proposals`` [B] (for tests; not part of the contract). ``step(name)`` is called as each
+    ``num_proposals`` [B] (for tests; not part of the contract). ``compact_heads`` runs the
+    mask/keypoint heads only on detected rows (see :mod:`maskrt.export.deploy`). ``step(name)`` is called as each
     stage starts (trace, assemble, verify), for progress display.
     """
     step = step or (lambda name: None)
@@ -171,7 +173,9 @@ def build_onnx(
     if batch is not None and batch <= 0:
         raise MaskrtError(f"--batch must be positive, got {batch}")
 
-    deploy = DeployModel(model.eval(), with_proposals=with_proposals).eval()
+    deploy = DeployModel(
+        model.eval(), with_proposals=with_proposals, compact_heads=compact_heads
+    ).eval()
     if deploy.has_keypoints != spec.has_keypoints or deploy.has_masks != spec.has_masks:
         raise MaskrtError(f"model does not match its spec's architecture {spec.arch}")
     specs = contract.io_specs(
@@ -247,12 +251,15 @@ def export_onnx(
     height: int | None = None,
     width: int | None = None,
     opset: int = DEFAULT_OPSET,
+    compact_heads: bool = False,
     force: bool = False,
     progress: bool = True,
 ) -> ExportSummary:
     """Export ``model`` (an eval-mode torchvision detector built from ``spec``) to ``path``.
 
-    ``batch``, ``height`` and ``width`` fix those input dimensions (default: dynamic). The file
+    ``batch``, ``height`` and ``width`` fix those input dimensions (default: dynamic).
+    ``compact_heads`` runs the mask/keypoint heads only on detected rows: faster in ONNX Runtime,
+    data-dependent shapes inside (the default is static throughout, for TensorRT). The file
     holds the contract's inputs/outputs (:mod:`maskrt.contract`), one ``maskrt::MultiScaleRoIAlign``
     node per RoI head with its ONNX function definition, and the model spec in its metadata.
     """
@@ -265,7 +272,14 @@ def export_onnx(
             bar.set_postfix_str(name)
 
         onnx_model = build_onnx(
-            spec, model, batch=batch, height=height, width=width, opset=opset, step=step
+            spec,
+            model,
+            batch=batch,
+            height=height,
+            width=width,
+            opset=opset,
+            compact_heads=compact_heads,
+            step=step,
         )
         step("write")
         with atomic_path(target) as tmp:

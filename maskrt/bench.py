@@ -306,11 +306,14 @@ def bench_end_to_end(
     batch_sizes: Sequence[int] = (1, 4),
     precisions: Sequence[str] = ("fp32",),
     calib_data: str | None = None,
+    compact_heads: bool = True,
     measure_memory: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """torchvision eager vs the deploy graph in ONNX Runtime (one side per precision), same
-    checkpoint, same images. ``calib_data`` (images) is needed for ``int8``."""
+    checkpoint, same images. ``calib_data`` (images) is needed for ``int8``. ``compact_heads``
+    exports the graph meant for ONNX Runtime (mask/keypoint heads on detected rows only); False
+    times the all-static graph made for TensorRT."""
     from .export import export_onnx
 
     _check_precisions(precisions, calib_data)
@@ -320,13 +323,14 @@ def bench_end_to_end(
         "model": spec.arch,
         "images": len(images),
         "image_size": [list(im.shape[:2]) for im in images[:1]],
+        "heads": "compact" if compact_heads else "static",
         "machine": machine_facts(),
         "batches": {},
     }
     with tempfile.TemporaryDirectory(prefix="maskrt-bench-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         log(f"exporting {spec.arch} ...")
-        export_onnx(spec, model, onnx_path)
+        export_onnx(spec, model, onnx_path, compact_heads=compact_heads)
         graphs = _precision_graphs(onnx_path, precisions, calib_data, log)
         sides: list[Any] = [TorchvisionSide(model)]
         sides += [OnnxRuntimeSide(g, spec, f"maskrt onnxruntime {p}") for p, g in graphs.items()]
@@ -402,7 +406,10 @@ def bench_paste_masks(
 
 def format_report(report: dict[str, Any]) -> str:
     """The end-to-end report as Markdown: ratios first, then per-stage medians and p90s."""
-    lines = [f"### {report['model']}, {report['images']} images of {report['image_size'][0]} px"]
+    lines = [
+        f"### {report['model']}, {report['images']} images of {report['image_size'][0]} px, "
+        f"{report['heads']} heads"
+    ]
     for bs, entry in report["batches"].items():
         lines.append(f"\nBatch {bs}, speed-up over torchvision eager:\n")
         for name, sp in entry["speedup"].items():

@@ -192,6 +192,12 @@ COMMANDS = [data_group, train_command, eval_command, demo_command]
 @click.option(
     "--calib-data", type=click.Path(exists=True), help="INT8: calibration images (folder)."
 )
+@click.option(
+    "--static-heads",
+    is_flag=True,
+    help="Time the all-static graph made for TensorRT, not the compact-heads one made for "
+    "ONNX Runtime (see `maskrt export --compact-heads`).",
+)
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS subprocesses.")
 @click.option(
     "--paste/--no-paste",
@@ -210,6 +216,7 @@ def bench_command(
     reps: int,
     precisions: tuple[str, ...],
     calib_data: str | None,
+    static_heads: bool,
     no_memory: bool,
     paste: bool,
     json_out: str | None,
@@ -235,6 +242,7 @@ def bench_command(
         reps=reps,
         precisions=precisions,
         calib_data=calib_data,
+        compact_heads=not static_heads,
         measure_memory=not no_memory,
         log=lambda m: click.echo(m, err=True),
     )

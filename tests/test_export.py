@@ -211,8 +211,9 @@ def test_random_demo_matches_torchvision(random_demo) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flags", [[], ["--compact-heads"]], ids=["static", "compact"])
 def test_trained_demo_matches_torchvision(
-    demo_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
+    demo_checkpoint: Path, shapes_dataset: Path, tmp_path: Path, flags: list[str]
 ) -> None:
     """`maskrt export` on the trained demo checkpoint; every val image, one by one and in pairs."""
     from PIL import Image
@@ -220,7 +221,7 @@ def test_trained_demo_matches_torchvision(
     from maskrt.checkpoint import load_checkpoint
 
     out = tmp_path / "demo.onnx"
-    result = CliRunner().invoke(main, ["export", str(demo_checkpoint), "-o", str(out)])
+    result = CliRunner().invoke(main, ["export", str(demo_checkpoint), "-o", str(out), *flags])
     assert result.exit_code == 0, result.output
     assert "MultiScaleRoIAlign" in result.output
     spec, model = load_checkpoint(demo_checkpoint)
@@ -290,3 +291,35 @@ def test_cli_errors(random_demo, tmp_path: Path) -> None:
     r = runner.invoke(main, ["export", str(tmp_path / "missing.pt"), "-o", str(out)])
     assert r.exit_code == 1 and "does not exist" in r.output
     assert not out.exists()
+
+
+def test_compact_heads_match_static_graph_and_torchvision(random_demo, tmp_path: Path) -> None:
+    """--compact-heads runs the mask head on detected rows only; the outputs do not change,
+    with every row detected, some, or none."""
+    import copy
+
+    spec, model, static_path, _ = random_demo
+    path = tmp_path / "compact.onnx"
+    summary = export_onnx(spec, model, path, compact_heads=True, progress=False)
+    static_summary = export_onnx(spec, model, tmp_path / "static.onnx", progress=False)
+    assert summary.node_counts["ScatterND"] == 1 and "ScatterND" not in static_summary.node_counts
+    assert summary.node_counts["NonZero"] == static_summary.node_counts.get("NonZero", 0) + 1
+    compact, static = _session(path), _session(static_path)
+    imgs = _random_images(2, [(120, 160), (96, 128)])
+    images, sizes = preprocess(imgs, spec)
+    graph = _run(compact, images, sizes)
+    assert graph[contract.OUTPUT_NUM_DETECTIONS].tolist() == [spec.box_detections_per_img] * 2
+    assert_matches(graph, torchvision_reference(model, images, sizes), "compact")
+    for name, value in _run(static, images, sizes).items():
+        np.testing.assert_array_equal(graph[name], value, err_msg=name)
+
+    # A score threshold between the two images' best scores: one keeps a few rows, one none.
+    best = graph[contract.OUTPUT_SCORES][:, 0]
+    few = float(np.sort(graph[contract.OUTPUT_SCORES][best.argmax()])[-3])
+    strict = copy.deepcopy(model)
+    strict.roi_heads.score_thresh = max(few, float(best.min())) + 1e-6
+    export_onnx(spec, strict, path, compact_heads=True, force=True, progress=False)
+    graph = _run(_session(path), images, sizes)
+    counts = sorted(graph[contract.OUTPUT_NUM_DETECTIONS].tolist())
+    assert counts[0] == 0 and 0 < counts[1] < spec.box_detections_per_img
+    assert_matches(graph, torchvision_reference(strict, images, sizes), "compact, strict")
