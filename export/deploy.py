@@ -12,9 +12,10 @@ the data. Instead of dropping rows it pads and masks them:
   NonMaxSuppression whose batch entries are the (image, class) pairs; the top K kept become the
   detections, padded to K = ``box_detections_per_img``.
 * Masks / keypoint heatmaps are computed for the K padded detections and not pasted. With
-  ``compact_heads`` the mask/keypoint heads run only on the detected rows (NonZero, Gather, then
-  ScatterND back into the padded output): shapes inside become data-dependent, the outputs stay
-  padded. That saves the padding rows' convolutions on runtimes that size tensors per run (ONNX
+  ``compact_heads`` the mask/keypoint units pool only the first n rows of each image (n: the
+  most detections in the batch) and the heads run only on the detected rows (NonZero, Gather,
+  then ScatterND back into the padded output): shapes inside become data-dependent, the outputs
+  stay padded. That saves the padding rows' convolutions on runtimes that size tensors per run (ONNX
   Runtime on CPU); the default keeps every shape static, as TensorRT builds best.
 
 Shapes: ``images`` [B, 3, H, W] float32, ``image_sizes`` [B, 2] int32 (height, width).
@@ -266,24 +267,34 @@ class DeployModel(nn.Module):
 
     # ---------------------------------------------------------------- mask / keypoint heads
 
-    def _on_detected_rows(
-        self, pooled: Tensor, valid: Tensor, head: Callable[[Tensor, Tensor], Tensor]
+    def _head_on_detections(
+        self,
+        name: str,
+        features: dict[str, Tensor],
+        boxes: Tensor,
+        valid: Tensor,
+        head: Callable[[Tensor, Tensor], Tensor],
     ) -> Tensor:
-        """``head(x, rows)`` on the rows of ``pooled`` [B*K, C, P, P] that ``valid`` [B, K] marks,
-        zeros on the others: [B, K, ...]. ``rows`` are the row numbers in B*K that ``x`` holds."""
-        flat_valid = valid.reshape(-1)
-        if self.compact_heads:
-            rows = torch.nonzero(flat_valid).reshape(-1)
-            out = head(pooled[rows], rows)
-            padded = torch.zeros_like(flat_valid, dtype=out.dtype)
-            padded = padded.reshape([-1] + [1] * (out.dim() - 1)).expand(-1, *out.shape[1:])
-            out = padded.index_put((rows,), out)
-        else:
-            rows = torch.arange(flat_valid.shape[0], device=flat_valid.device)
-            out = head(pooled, rows)
-            mask = flat_valid.reshape([-1] + [1] * (out.dim() - 1))
-            out = torch.where(mask, out, 0.0)
-        return out.reshape(*valid.shape, *out.shape[1:])
+        """Pool ``boxes`` [B, K, 4] through the named unit and run ``head(x, rows)`` on them;
+        [B, K, ...] with zeros on the rows that ``valid`` [B, K] marks as padding. ``rows`` are
+        the row numbers in B*K of the pooled RoIs ``x`` that the head receives."""
+        b, k = valid.shape
+        if not self.compact_heads:
+            out = head(self._pool(name, features, boxes), torch.arange(b * k, device=boxes.device))
+            mask = valid.reshape([-1] + [1] * (out.dim() - 1))
+            return torch.where(mask, out, 0.0).reshape(b, k, *out.shape[1:])
+        # Detections come first in each image (sorted by score): pool the first n rows of every
+        # image, n the most detections of any image, and run the head on the detected ones.
+        n = valid.sum(1).max()
+        cols = torch.arange(n, device=boxes.device)
+        pooled = self._pool(name, features, boxes.index_select(1, cols))  # [B*n, C, P, P]
+        local = torch.nonzero(valid.index_select(1, cols).reshape(-1)).reshape(-1)
+        per_image = n.clamp(min=1)  # no rows when n is 0, but ONNX Runtime refuses x % 0
+        rows = torch.div(local, per_image, rounding_mode="floor") * k + local % per_image
+        out = head(pooled[local], rows)
+        padded = torch.zeros_like(valid.reshape(-1), dtype=out.dtype)
+        padded = padded.reshape([-1] + [1] * (out.dim() - 1)).expand(-1, *out.shape[1:])
+        return padded.index_put((rows,), out).reshape(b, k, *out.shape[1:])
 
     def masks(
         self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor, valid: Tensor
@@ -298,7 +309,7 @@ class DeployModel(nn.Module):
             index = flat_labels[rows].reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
             return torch.gather(logits, 1, index).sigmoid().reshape(-1, m, m)
 
-        return self._on_detected_rows(self._pool("mask", features, boxes), valid, head)
+        return self._head_on_detections("mask", features, boxes, valid, head)
 
     def keypoint_logits(self, features: dict[str, Tensor], boxes: Tensor, valid: Tensor) -> Tensor:
         """Keypoint heatmap logits [B, K, num_keypoints, 56, 56] (0 on padding rows)."""
@@ -307,7 +318,7 @@ class DeployModel(nn.Module):
         def head(x: Tensor, rows: Tensor) -> Tensor:
             return heads.keypoint_predictor(heads.keypoint_head(x))  # [R, J, S, S]
 
-        return self._on_detected_rows(self._pool("keypoint", features, boxes), valid, head)
+        return self._head_on_detections("keypoint", features, boxes, valid, head)
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         x = (images - self.mean) / self.std

@@ -181,7 +181,8 @@ def multiscale_roi_align_function(num_levels: int, opset: int) -> FunctionProto:
     node("Shape", ["merged"], "pooled_shape")
     node("Slice", ["pooled_shape", "i1", "axis_big"], "cpp")
     node("Concat", ["bn", "cpp"], "out_shape", axis=0)
-    node("Reshape", ["merged", "out_shape"], "pooled")
+    # allowzero: N may be 0 (no RoIs), which must not read as "copy this dimension".
+    node("Reshape", ["merged", "out_shape"], "pooled", allowzero=1)
 
     # Constants first so that every node's inputs are defined before it (topological order).
     consts = [x for x in n if x.op_type == "Constant"]

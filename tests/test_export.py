@@ -295,7 +295,7 @@ def test_cli_errors(random_demo, tmp_path: Path) -> None:
 
 def test_compact_heads_match_static_graph_and_torchvision(random_demo, tmp_path: Path) -> None:
     """--compact-heads runs the mask head on detected rows only; the outputs do not change,
-    with every row detected, some, or none."""
+    with every row detected, some, none in one image, or none at all."""
     import copy
 
     spec, model, static_path, _ = random_demo
@@ -323,3 +323,10 @@ def test_compact_heads_match_static_graph_and_torchvision(random_demo, tmp_path:
     counts = sorted(graph[contract.OUTPUT_NUM_DETECTIONS].tolist())
     assert counts[0] == 0 and 0 < counts[1] < spec.box_detections_per_img
     assert_matches(graph, torchvision_reference(strict, images, sizes), "compact, strict")
+
+    strict.roi_heads.score_thresh = 1.0  # no detection in any image: the heads see no rows
+    export_onnx(spec, strict, path, compact_heads=True, force=True, progress=False)
+    graph = _run(_session(path), images, sizes)
+    assert not graph[contract.OUTPUT_NUM_DETECTIONS].any()
+    assert graph[contract.OUTPUT_MASKS].shape == (2, spec.box_detections_per_img, 28, 28)
+    assert not graph[contract.OUTPUT_MASKS].any()
