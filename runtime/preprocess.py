@@ -17,7 +17,7 @@ from maskrt.contract import SIZE_DIVISIBLE
 from maskrt.errors import MaskrtError
 from maskrt.specs import ModelSpec
 
-from .interpolate import resize_bilinear
+from .interpolate import resize_planes
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,10 @@ def resize_image(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
         raise MaskrtError(
             f"image of {image.shape[1]}x{image.shape[0]} pixels is too elongated to resize"
         )
-    scaled = image.astype(np.float32) / np.float32(255.0)
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    planes /= np.float32(255.0)  # as torchvision's to_tensor, so that scale 1 is bit-exact
     # A linear resize commutes with torchvision's per-channel normalisation up to rounding.
-    out = resize_bilinear(scaled, h, w, exact=False)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return resize_planes(planes, h, w)
 
 
 def check_image(image: np.ndarray) -> None:
@@ -92,9 +92,11 @@ def preprocess(
         if any(h > height or w > width for h, w in sizes):
             raise MaskrtError(f"a resized image {max(sizes)} does not fit the fixed {fixed_size}")
     batch = np.empty((len(images), 3, height, width), np.float32)
-    batch[:] = np.asarray(spec.image_mean, np.float32)[None, :, None, None]
-    for i, r in enumerate(resized):
-        batch[i, :, : r.shape[1], : r.shape[2]] = r
+    mean = np.asarray(spec.image_mean, np.float32)[:, None, None]
+    for i, (r, (h, w)) in enumerate(zip(resized, sizes)):
+        batch[i, :, :h, :w] = r
+        batch[i, :, :h, w:] = mean
+        batch[i, :, h:, :] = mean
     return Batch(
         images=batch,
         image_sizes=np.asarray(sizes, np.int32).reshape(len(images), 2),

@@ -60,6 +60,17 @@ def test_preprocess_matches_torchvision_transform(sizes: list[tuple[int, int]], 
     assert batch.original_sizes == tuple(sizes)
 
 
+def test_preprocess_at_scale_one_is_bit_exact() -> None:
+    """An image whose short side is already min_size is not resampled: torchvision's values."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (SPEC.min_size, SPEC.min_size + 37, 3), dtype=np.uint8)
+    batch = preprocess([image], SPEC)
+    with torch.no_grad():
+        ref, _ = _tv_transform(SPEC)([torch.from_numpy(image).permute(2, 0, 1).float() / 255])
+    assert batch.images.shape == tuple(ref.tensors.shape)
+    assert np.array_equal(_normalise(batch.images, SPEC), ref.tensors.numpy())
+
+
 def test_preprocess_rejects_bad_images() -> None:
     with pytest.raises(MaskrtError, match="RGB uint8"):
         preprocess([np.zeros((4, 4), np.uint8)], SPEC)
