@@ -101,8 +101,16 @@ def resize_bilinear(
         acc = fma(r0[:, x0], w00, r0[:, x1] * w01)
         acc = fma(r1[:, x0], w10, acc)
         return fma(r1[:, x1], w11, acc)
-    # generic kernel: W first (fma(a, w0, b * w1)), then H the same way
-    r0, r1 = image[y0], image[y1]
-    c0 = fma(r0[:, x0], ww0, r0[:, x1] * ww1)
-    c1 = fma(r1[:, x0], ww0, r1[:, x1] * ww1)
-    return fma(c0, hw0, c1 * hw1)
+    # generic kernel: W first (fma(a, w0, b * w1)), then H the same way. An output row's W pass
+    # depends only on its source row: compute it once per source row (a 30-row mask pasted into
+    # a tall box would otherwise repeat it hundreds of times), then gather.
+    if len(y0) == 0:
+        return np.zeros((0, len(x0)) + image.shape[2:], _F32)
+    lo, hi = int(y0[0]), int(y1[-1]) + 1
+    source = image[lo:hi]
+    across = fma(source[:, x0], ww0, source[:, x1] * ww1)
+    # fma(a, w0, b * w1) for the rows, in place on one float64 buffer (the images are large)
+    acc = across.astype(np.float64)[y0 - lo]
+    acc *= hw0
+    acc += across[y1 - lo] * hw1
+    return acc.astype(_F32)

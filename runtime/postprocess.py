@@ -94,7 +94,8 @@ def paste_masks(
         rows = slice(y0 - by0, min(y1 - by0, h))
         cols = slice(x0 - bx0, min(x1 - bx0, w))
         window = resize_bilinear(padded[i], h, w, rows, cols)
-        out[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window > MASK_THRESHOLD
+        target = out[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
+        np.greater(window, MASK_THRESHOLD, out=target)
     return out
 
 
