@@ -99,7 +99,8 @@ class OnnxRuntimeSide:
 
         self.name = label
         self.spec = spec
-        self.runner = OrtRunner(onnx_path, providers=["CPUExecutionProvider"])
+        # No spinning: idle ONNX Runtime workers would spin through the next side's timing.
+        self.runner = OrtRunner(onnx_path, providers=["CPUExecutionProvider"], spinning=False)
 
     def run(self, images: Sequence[np.ndarray], times: StageTimes) -> list[Detections]:
         from .runtime.postprocess import postprocess
