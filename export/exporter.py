@@ -158,8 +158,8 @@ def build_onnx(
 
     ``with_proposals`` adds the debug outputs ``proposals`` [B, post_nms_top_n, 4] and
     ``num_proposals`` [B] (for tests; not part of the contract). ``compact_heads`` runs the
-    mask/keypoint heads only on detected rows (see :mod:`maskrt.export.deploy`). ``step(name)`` is called as each
-    stage starts (trace, assemble, verify), for progress display.
+    mask/keypoint heads only on detected rows (see :mod:`maskrt.export.deploy`). ``step(name)``
+    is called as each stage starts (trace, assemble, verify), for progress display.
     """
     step = step or (lambda name: None)
     if opset < MIN_OPSET:
