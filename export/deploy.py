@@ -286,7 +286,8 @@ class DeployModel(nn.Module):
         # Detections come first in each image (sorted by score): pool the first n rows of every
         # image, n the most detections of any image, and run the head on the detected ones.
         n = valid.sum(1).max()
-        cols = torch.arange(n, device=boxes.device)
+        # A 0-dim tensor as the end keeps the size dynamic in the trace (an int would freeze it).
+        cols = torch.arange(n, device=boxes.device)  # type: ignore[call-overload]
         pooled = self._pool(name, features, boxes.index_select(1, cols))  # [B*n, C, P, P]
         local = torch.nonzero(valid.index_select(1, cols).reshape(-1)).reshape(-1)
         per_image = n.clamp(min=1)  # no rows when n is 0, but ONNX Runtime refuses x % 0

@@ -345,9 +345,9 @@ def bench_end_to_end(
             times, agree, total = _interleaved(sides, batches, reps)
             entry: dict[str, Any] = {"identical_detections": {}, "speedup": {}, "sides": {}}
             for side, t in zip(sides, times):
-                s = t.summary()
-                s["images_per_s"] = bs * 1e3 / s["total"]["median"]
-                entry["sides"][side.name] = s
+                stats: dict[str, Any] = dict(t.summary())
+                stats["images_per_s"] = bs * 1e3 / stats["total"]["median"]
+                entry["sides"][side.name] = stats
             ref = entry["sides"][sides[0].name]
             for side, a in zip(sides[1:], agree[1:]):
                 ours = entry["sides"][side.name]

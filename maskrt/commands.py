@@ -281,7 +281,10 @@ def _bench_images(data: str | None, size: str | None, count: int) -> list:
             h, w = (int(v) for v in size.lower().split("x"))
         except ValueError:
             raise MaskrtError(f"--size wants HxW like 800x1344, got {size!r}") from None
-        images = [np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in images]
+        images = [
+            np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR))
+            for im in images
+        ]
     return images
 
 

@@ -27,9 +27,9 @@ def draw_detections(image: np.ndarray, dets: Detections, spec: ModelSpec) -> np.
     if dets.masks is not None:
         # Lowest score first, so the most confident mask ends on top.
         for i in reversed(range(len(dets))):
-            color = np.asarray(label_color(int(dets.labels[i])), np.float32)
+            tint = np.asarray(label_color(int(dets.labels[i])), np.float32)
             m = dets.masks[i]
-            canvas[m] = canvas[m] * (1 - MASK_ALPHA) + color * MASK_ALPHA
+            canvas[m] = canvas[m] * (1 - MASK_ALPHA) + tint * MASK_ALPHA
     pil = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     for i in range(len(dets)):

@@ -51,7 +51,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     kind = rng.integers(3)
     base = rng.integers(0, 256, size=3).astype(np.float32)
     if kind == 0:  # flat
-        img = np.broadcast_to(base, (height, width, 3)).astype(np.float32)
+        img: np.ndarray = np.broadcast_to(base, (height, width, 3)).astype(np.float32)
     elif kind == 1:  # linear gradient towards a second colour
         other = rng.integers(0, 256, size=3).astype(np.float32)
         angle = rng.uniform(0, 2 * math.pi)
