@@ -139,3 +139,11 @@ def test_trt_layer_passes_mypy_strict(tmp_path: Path) -> None:
         [*base, str(probe)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert bad.returncode != 0 and "set_memory_pool_limit" in bad.stdout, bad.stdout
+
+
+def test_every_package_passes_mypy() -> None:
+    """All our packages type-check under the project's mypy settings (pyproject.toml)."""
+    packages = ["maskrt", "export", "calibration", "plugins", "runtime"]
+    cmd = [sys.executable, "-m", "mypy", "--cache-dir", os.devnull, *packages]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
