@@ -100,6 +100,17 @@ def _top_k_padded(scores: Tensor, k: int, n: int) -> tuple[Tensor, Tensor]:
     return scores.topk(k, dim=1)
 
 
+def _sigmoid(x: Tensor) -> Tensor:
+    """``1 / (1 + exp(-x))``, spelled out so that it exports as Exp, Add and Reciprocal.
+
+    ONNX Runtime's CPU Sigmoid is accurate only in absolute terms: its small outputs are coarse
+    multiples of 2**-24, so RPN proposals scoring ~1e-7 tie and are ranked differently from
+    torchvision's (accurate) sigmoid, changing which proposals reach the box head. Exp keeps the
+    relative accuracy that the ranking needs.
+    """
+    return torch.reciprocal(1.0 + torch.exp(-x))
+
+
 def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     """x [B, N, D], idx [B, K] -> [B, K, D]."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -207,7 +218,7 @@ class DeployModel(nn.Module):
             logits_l.append(top)
             valid_l.append(idx < num)
         boxes = _clip(torch.cat(boxes_l, 1), image_sizes)  # [B, L*pre, 4]
-        probs = torch.sigmoid(torch.cat(logits_l, 1))
+        probs = _sigmoid(torch.cat(logits_l, 1))
         valid = torch.cat(valid_l, 1) & _big_enough(boxes, _RPN_MIN_SIZE)
         valid = valid & (probs >= self.rpn_score_thresh)
 
@@ -308,7 +319,7 @@ class DeployModel(nn.Module):
             logits = heads.mask_predictor(heads.mask_head(x))  # [R, NC, M, M]
             m = logits.shape[-1]
             index = flat_labels[rows].reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
-            return torch.gather(logits, 1, index).sigmoid().reshape(-1, m, m)
+            return _sigmoid(torch.gather(logits, 1, index)).reshape(-1, m, m)
 
         return self._head_on_detections("mask", features, boxes, valid, head)
 
