@@ -102,3 +102,28 @@ def test_full_size_matches_torchvision(arch: str) -> None:
     if spec.has_keypoints:
         shape = graph[contract.OUTPUT_KEYPOINT_LOGITS].shape
         assert shape == (1, spec.box_detections_per_img, spec.num_keypoints, 56, 56)
+
+
+@pytest.mark.slow
+def test_compact_keypoint_heads_equal_static_graph() -> None:
+    """--compact-heads on Keypoint R-CNN: the keypoint head on detected rows only gives the
+    static graph's outputs, with some rows detected and the rest padding."""
+    torch.manual_seed(0)
+    spec = default_spec("keypointrcnn_resnet50_fpn", min_size=320, max_size=480)
+    model = build_model(spec)
+    hw = (320, 480)
+    images, sizes = preprocess([_scene(1, 320, 480)], spec, pad_to=hw)
+    feeds = {contract.INPUT_IMAGES: images.numpy(), contract.INPUT_IMAGE_SIZES: sizes.numpy()}
+
+    def run(compact: bool) -> dict[str, np.ndarray]:
+        m = build_onnx(spec, model, batch=1, height=hw[0], width=hw[1], compact_heads=compact)
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+    # A threshold inside the random model's scores: a few detections, the rest padding.
+    scores = run(False)[contract.OUTPUT_SCORES][0]
+    model.roi_heads.score_thresh = float(scores[4]) - 1e-6
+    static, compact = run(False), run(True)
+    assert 0 < int(static[contract.OUTPUT_NUM_DETECTIONS][0]) < spec.box_detections_per_img
+    for name, value in static.items():
+        np.testing.assert_allclose(compact[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
