@@ -1,12 +1,23 @@
-"""Wall-clock timing shared by the benchmark scripts (milliseconds per call)."""
+"""Timing shared by the benchmark scripts: milliseconds per call, and the row they report."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass
+class TimingRow:
+    """The columns every benchmark table starts with: what ran where, and its median time."""
+
+    device: str
+    dtype: str
+    impl: str
+    median_ms: float
 
 
 def time_calls(fn: Callable[[], Any], device: str, reps: int, warmup: int) -> list[float]:

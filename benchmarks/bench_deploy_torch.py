@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _timing import time_calls
+from _timing import TimingRow, time_calls
 from torch import Tensor
 
 from maskrt.export import DeployModel, RoIAlignFn, RoIAlignUnit
@@ -45,11 +45,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 @dataclass
-class Row:
-    device: str
-    dtype: str
-    impl: str
-    median_ms: float
+class Row(TimingRow):
     p90_ms: float
     ratio_vs_torchvision: float
     peak_mem_mib: float | None

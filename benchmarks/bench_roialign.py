@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _timing import time_calls
+from _timing import TimingRow, time_calls
 from torchvision.ops import MultiScaleRoIAlign
 
 from maskrt.plugins import (
@@ -42,11 +42,7 @@ SCALES = (0.25, 0.125, 0.0625, 0.03125)
 
 
 @dataclass
-class Row:
-    device: str
-    dtype: str
-    impl: str
-    median_ms: float
+class Row(TimingRow):
     ratio_vs_torchvision: float
     gbytes_per_s: float
 
