@@ -84,7 +84,7 @@ def resize_bilinear(
     """Resize ``image`` [H, W] or [H, W, C] (float32) to [out_h, out_w(, C)] with PyTorch's
     rounding for a one-channel tensor (which kernel, which fused expressions).
 
-    ``rows``/``cols`` select a window of the output (computed without the rest).
+    ``rows``/``cols`` select a non-empty window of the output (computed without the rest).
     """
     in_h, in_w = image.shape[:2]
     y0, y1, hw0, hw1 = (a[rows] for a in linear_weights(in_h, out_h))
@@ -104,8 +104,6 @@ def resize_bilinear(
     # generic kernel: W first (fma(a, w0, b * w1)), then H the same way. An output row's W pass
     # depends only on its source row: compute it once per source row (a 30-row mask pasted into
     # a tall box would otherwise repeat it hundreds of times), then gather.
-    if len(y0) == 0:
-        return np.zeros((0, len(x0)) + image.shape[2:], _F32)
     lo, hi = int(y0[0]), int(y1[-1]) + 1
     source = image[lo:hi]
     across = fma(source[:, x0], ww0, source[:, x1] * ww1)
