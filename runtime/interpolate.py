@@ -12,6 +12,9 @@ bit (which mask pasting needs: a single flipped rounding can flip a pixel at the
 means evaluating the same fused expressions. :func:`fma` emulates a float32 FMA in float64
 (the product of two float32 is exact in float64).
 
+Mask pasting wants only ``> 0.5`` of the result: :func:`resize_bilinear_above` gives it pixel for
+pixel while computing only the pixels near a saturated mask's outline.
+
 Images need no such care (a ulp does not move a detection): :func:`resize_planes` resizes them
 in plain float32 arithmetic, which is several times faster.
 """
@@ -23,6 +26,8 @@ import functools
 import numpy as np
 
 _F32 = np.float32
+# Below this many output pixels resize_bilinear_above computes them all (numpy's per-call cost).
+_SMALL_WINDOW = 1 << 16
 
 
 def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -74,6 +79,45 @@ def resize_planes(planes: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return planes
 
 
+def _window_weights(
+    in_h: int, in_w: int, out_h: int, out_w: int, rows: slice, cols: slice
+) -> tuple[np.ndarray, ...]:
+    """:func:`linear_weights` of both axes, cut to the output window ``rows`` x ``cols``."""
+    y0, y1, hw0, hw1 = (a[rows] for a in linear_weights(in_h, out_h))
+    x0, x1, ww0, ww1 = (a[cols] for a in linear_weights(in_w, out_w))
+    return y0, y1, hw0, hw1, x0, x1, ww0, ww1
+
+
+def _across(
+    image: np.ndarray,
+    y0: np.ndarray,
+    y1: np.ndarray,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    ww0: np.ndarray,
+    ww1: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """The generic kernel's W pass, ``fma(a, w0, b * w1)``, of the source rows the window reads.
+
+    An output row's W pass depends only on its source row: computed once per source row (a
+    30-row mask pasted into a tall box would otherwise repeat it hundreds of times). Returns
+    the rows [S, out_w(, C)] and the first source row's index.
+    """
+    lo, hi = int(y0[0]), int(y1[-1]) + 1
+    source = image[lo:hi]
+    return fma(source[:, x0], ww0, source[:, x1] * ww1), lo
+
+
+def _down(top: np.ndarray, bottom: np.ndarray, hw0: np.ndarray, hw1: np.ndarray) -> np.ndarray:
+    """The generic kernel's H pass, ``fma(top, hw0, bottom * hw1)``, on one float64 buffer (the
+    products of two float32 are exact in float64): ``top`` itself if it is float64 (pass a
+    fresh array, gathered after the cheap conversion of the fewer source rows)."""
+    acc = top.astype(np.float64, copy=False)
+    acc *= hw0
+    acc += bottom * hw1
+    return acc.astype(_F32)
+
+
 def resize_bilinear(
     image: np.ndarray,
     out_h: int,
@@ -87,8 +131,7 @@ def resize_bilinear(
     ``rows``/``cols`` select a non-empty window of the output (computed without the rest).
     """
     in_h, in_w = image.shape[:2]
-    y0, y1, hw0, hw1 = (a[rows] for a in linear_weights(in_h, out_h))
-    x0, x1, ww0, ww1 = (a[cols] for a in linear_weights(in_w, out_w))
+    y0, y1, hw0, hw1, x0, x1, ww0, ww1 = _window_weights(in_h, in_w, out_h, out_w, rows, cols)
     extra = (1,) * (image.ndim - 2)
     hw0 = hw0.reshape((-1, 1) + extra)
     hw1 = hw1.reshape((-1, 1) + extra)
@@ -101,14 +144,74 @@ def resize_bilinear(
         acc = fma(r0[:, x0], w00, r0[:, x1] * w01)
         acc = fma(r1[:, x0], w10, acc)
         return fma(r1[:, x1], w11, acc)
-    # generic kernel: W first (fma(a, w0, b * w1)), then H the same way. An output row's W pass
-    # depends only on its source row: compute it once per source row (a 30-row mask pasted into
-    # a tall box would otherwise repeat it hundreds of times), then gather.
-    lo, hi = int(y0[0]), int(y1[-1]) + 1
-    source = image[lo:hi]
-    across = fma(source[:, x0], ww0, source[:, x1] * ww1)
-    # fma(a, w0, b * w1) for the rows, in place on one float64 buffer (the images are large)
-    acc = across.astype(np.float64)[y0 - lo]
-    acc *= hw0
-    acc += across[y1 - lo] * hw1
-    return acc.astype(_F32)
+    across, lo = _across(image, y0, y1, x0, x1, ww0, ww1)
+    return _down(across.astype(np.float64)[y0 - lo], across[y1 - lo], hw0, hw1)
+
+
+def resize_bilinear_above(
+    image: np.ndarray,
+    out_h: int,
+    out_w: int,
+    threshold: float,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
+) -> np.ndarray:
+    """``resize_bilinear(image, ...) > threshold`` for one-channel ``image`` [H, W] (bool
+    [rows, cols]), the same pixel for pixel; a large window of a smooth image (a pasted mask)
+    without computing most of its pixels (see :func:`_above_by_source_rows`)."""
+    if out_h + out_w <= 128:  # small: the channels-last kernel, computed whole
+        return resize_bilinear(image, out_h, out_w, rows, cols) > threshold
+    in_h, in_w = image.shape
+    y0, y1, hw0, hw1, x0, x1, ww0, ww1 = _window_weights(in_h, in_w, out_h, out_w, rows, cols)
+    across, lo = _across(image, y0, y1, x0, x1, ww0, ww1)
+    k0, k1 = y0 - lo, y1 - lo  # each output row's two rows of `across`; k0 is non-decreasing
+    if len(k0) * len(x0) >= _SMALL_WINDOW:  # else sorting pixels out costs more than computing
+        largest = max(abs(threshold), float(image.max()), -float(image.min()))
+        out = _above_by_source_rows(across, k0, k1, hw0, hw1, threshold, largest)
+        if out is not None:
+            return out
+    hw0, hw1 = hw0[:, None], hw1[:, None]
+    return _down(across.astype(np.float64)[k0], across[k1], hw0, hw1) > threshold
+
+
+def _above_by_source_rows(
+    across: np.ndarray,
+    k0: np.ndarray,
+    k1: np.ndarray,
+    hw0: np.ndarray,
+    hw1: np.ndarray,
+    threshold: float,
+    largest: float,
+) -> np.ndarray | None:
+    """The generic kernel's H pass ``> threshold`` (bool [len(k0), W]) from its source rows
+    ``across`` [S, W] (values at most ``largest`` in magnitude), or None if a quarter or more
+    of the pixels would need computing.
+
+    An output pixel lies between its two source rows' values (weights >= 0 summing to 1, up to
+    rounding): where both lie clearly on one side of ``threshold`` (a pasted mask is saturated
+    away from its outline) the answer needs no arithmetic, and every output row between the
+    same two source rows shares it. Only the other pixels are computed, exactly.
+    """
+    # Rounding moves a pixel by a few ulp of the largest value: far less than this margin.
+    margin = 8 * float(np.finfo(_F32).eps) * max(1.0, largest)
+    above, below = across > threshold + margin, across < threshold - margin
+    partner = np.arange(len(across))
+    partner[k0] = k1
+    decided_above = above & above[partner]
+    undecided = ~(decided_above | (below & below[partner]))
+    # Output rows first[k] ... first[k] + count[k] - 1 lie between source rows k and partner[k].
+    ks = np.arange(len(across))
+    first = np.searchsorted(k0, ks, "left")
+    count = np.searchsorted(k0, ks, "right") - first
+    pair, col = np.nonzero(undecided)
+    n = count[pair]
+    total = int(n.sum())
+    if total >= len(k0) * across.shape[1] // 4:  # index arithmetic would cost more than all
+        return None
+    out = decided_above[k0]
+    if total:
+        ry = np.repeat(first[pair] - (np.cumsum(n) - n), n) + np.arange(total)
+        rx = np.repeat(col, n)
+        exact = _down(across[k0[ry], rx], across[k1[ry], rx], hw0[ry], hw1[ry])
+        out[ry, rx] = exact > threshold
+    return out

@@ -4,7 +4,8 @@ Reproduces torchvision's ``GeneralizedRCNNTransform.postprocess``: boxes and key
 rescaled with float32 ratios (``resize_boxes`` / ``resize_keypoints``) and the 28x28 mask
 probabilities are pasted with ``paste_masks_in_image`` (pad by one pixel, expand the box by
 the same ratio, truncate to integers, bilinear-resize to the box, clip to the image), then
-thresholded at 0.5. Only the visible part of each box is interpolated and written.
+thresholded at 0.5. Only the visible part of each box is written, and only pixels whose side
+of 0.5 their source rows leave open are interpolated.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from maskrt import contract
 from maskrt.detections import Detections
 
-from .interpolate import resize_bilinear
+from .interpolate import resize_bilinear_above
 from .keypoints import heatmaps_to_keypoints
 from .preprocess import Batch
 
@@ -93,9 +94,8 @@ def paste_masks(
         # Like torchvision's slicing, a degenerate box pastes only what its resized mask covers.
         rows = slice(y0 - by0, min(y1 - by0, h))
         cols = slice(x0 - bx0, min(x1 - bx0, w))
-        window = resize_bilinear(padded[i], h, w, rows, cols)
-        target = out[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
-        np.greater(window, MASK_THRESHOLD, out=target)
+        window = resize_bilinear_above(padded[i], h, w, MASK_THRESHOLD, rows, cols)
+        out[i, y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
     return out
 
 

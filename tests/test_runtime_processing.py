@@ -20,6 +20,7 @@ from torchvision.models.detection.transform import (
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
+from maskrt.runtime.interpolate import resize_bilinear_above
 from maskrt.runtime.postprocess import paste_masks, postprocess, resize_boxes, resize_keypoints
 from maskrt.runtime.preprocess import Batch, preprocess, resized_size
 from maskrt.specs import ModelSpec, demo_spec
@@ -111,6 +112,58 @@ def test_paste_masks_pixel_exact(seed: int) -> None:
     ref = (ref[:, 0] > 0.5).numpy()
     assert ours.shape == ref.shape == (n, h, w)
     assert ours.dtype == bool
+    assert np.array_equal(ours, ref), f"{(ours != ref).sum()} pixels differ"
+
+
+def _blob_masks(rng: np.random.Generator, n: int, m: int = 28) -> np.ndarray:
+    """Saturated masks, as a trained head predicts: a round blob near 1 in a field near 0."""
+    yy, xx = np.mgrid[:m, :m]
+    cy, cx = rng.uniform(m / 4, 3 * m / 4, (2, n, 1, 1))
+    radius, gain = rng.uniform(m / 8, m / 2.5, (n, 1, 1)), rng.uniform(1, 6, (n, 1, 1))
+    logits = gain * (radius - np.hypot(yy - cy, xx - cx))
+    return (1 / (1 + np.exp(-logits))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_paste_saturated_masks_into_large_boxes_pixel_exact(seed: int) -> None:
+    # Large boxes take the generic kernel, where most pixels are decided without arithmetic.
+    rng = np.random.default_rng(seed)
+    h, w = 360, 480
+    n = 12
+    masks = _blob_masks(rng, n)
+    boxes = _random_boxes(rng, n, h, w)
+    boxes[: n // 2] = [[-20, -10, w + 5, h + 30]]  # image-sized
+    ours = paste_masks(masks, boxes, (h, w))
+    ref = paste_masks_in_image(torch.from_numpy(masks)[:, None], torch.from_numpy(boxes), (h, w))
+    ref = (ref[:, 0] > 0.5).numpy()
+    assert ref[: n // 2].any(axis=(1, 2)).all() and not ref[: n // 2].all(axis=(1, 2)).any()
+    assert np.array_equal(ours, ref), f"{(ours != ref).sum()} pixels differ"
+
+
+@pytest.mark.parametrize("kind", ["noise", "blob", "ties"])
+@pytest.mark.parametrize("seed", range(4))
+def test_resize_above_threshold_matches_interpolate(kind: str, seed: int) -> None:
+    """Against ``F.interpolate(...) > 0.5`` itself, on windows, with masks that take each way
+    to the answer: noise (a float32 pass), blobs (most pixels decided by their source rows),
+    ties (values a ulp from 0.5: only the exact arithmetic decides)."""
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        mask = rng.random((30, 30), dtype=np.float32)
+    elif kind == "blob":
+        mask = _blob_masks(rng, 1, 30)[0]
+    else:
+        near = np.array([np.nextafter(np.float32(0.5), np.float32(v)) for v in (0, 1)])
+        mask = np.where(rng.random((30, 30)) < 0.3, np.float32(0.5), rng.choice(near, (30, 30)))
+        mask = mask.astype(np.float32)
+    oh, ow = (int(v) for v in rng.integers(40, 700, 2))
+    r0, c0 = int(rng.integers(0, oh // 2)), int(rng.integers(0, ow // 2))
+    rows, cols = slice(r0, int(rng.integers(r0 + 1, oh + 1))), slice(c0, ow)
+    ours = resize_bilinear_above(mask, oh, ow, 0.5, rows, cols)
+    full = torch.nn.functional.interpolate(
+        torch.from_numpy(mask)[None, None], size=(oh, ow), mode="bilinear", align_corners=False
+    )[0, 0]
+    ref = (full > 0.5).numpy()[rows, cols]
+    assert ref.any() and not ref.all()
     assert np.array_equal(ours, ref), f"{(ours != ref).sum()} pixels differ"
 
 
