@@ -365,21 +365,53 @@ def bench_end_to_end(
     return report
 
 
+PASTE_CASES = ("random", "saturated")
+
+
+def paste_inputs(
+    kind: str, num: int, image_size: tuple[int, int], seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask probabilities [num, 28, 28] and boxes [num, 4] for timing mask pasting.
+
+    ``random``: uniform noise in boxes of up to 40 % of the image (every pixel a coin toss:
+    the most arithmetic). ``saturated``: a blob near 1 in a field near 0, as a trained head
+    predicts, in boxes of 40-100 % of the image (large objects).
+    """
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    if kind == "random":
+        masks = rng.random((num, 28, 28), dtype=np.float32)
+        xy = rng.uniform([0, 0], [w * 0.9, h * 0.9], size=(num, 2))
+        wh = rng.uniform(8, [w * 0.4, h * 0.4], size=(num, 2))
+    elif kind == "saturated":
+        yy, xx = np.mgrid[:28, :28]
+        cy, cx = rng.uniform(7, 21, (2, num, 1, 1))
+        radius = rng.uniform(4, 11, (num, 1, 1))
+        logits = 4 * (radius - np.hypot(yy - cy, xx - cx))
+        masks = (1 / (1 + np.exp(-logits))).astype(np.float32)
+        wh = rng.uniform([w * 0.4, h * 0.4], [w, h], size=(num, 2))
+        xy = rng.uniform(0, 1, size=(num, 2)) * ([w, h] - wh)
+    else:
+        raise ValueError(f"unknown paste case {kind!r}; choose from {PASTE_CASES}")
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    return masks, boxes
+
+
 def bench_paste_masks(
-    num: int = 100, image_size: tuple[int, int] = (800, 1344), reps: int = 20, seed: int = 0
+    num: int = 100,
+    image_size: tuple[int, int] = (800, 1344),
+    reps: int = 20,
+    seed: int = 0,
+    kind: str = "random",
 ) -> dict[str, Any]:
-    """maskrt's numpy mask pasting vs torchvision's paste_masks_in_image, identical inputs."""
+    """maskrt's numpy mask pasting vs torchvision's paste_masks_in_image, identical inputs
+    (``kind``: see :func:`paste_inputs`)."""
     import torch
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from .runtime.postprocess import paste_masks
 
-    rng = np.random.default_rng(seed)
-    h, w = image_size
-    masks = rng.random((num, 28, 28), dtype=np.float32)
-    xy = rng.uniform([0, 0], [w * 0.9, h * 0.9], size=(num, 2))
-    wh = rng.uniform(8, [w * 0.4, h * 0.4], size=(num, 2))
-    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    masks, boxes = paste_inputs(kind, num, image_size, seed)
     masks_t, boxes_t = torch.from_numpy(masks[:, None]), torch.from_numpy(boxes)
 
     ours_ms, ref_ms = [], []
@@ -395,6 +427,7 @@ def bench_paste_masks(
                 ref_ms.append(_ms(t))
     assert ours is not None and ref is not None
     return {
+        "masks": kind,
         "detections": num,
         "image_size": list(image_size),
         "identical": bool(np.array_equal(ours, ref)),

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from maskrt.bench import bench_end_to_end, bench_paste_masks, format_report
+from maskrt.bench import PASTE_CASES, bench_end_to_end, bench_paste_masks, format_report
 from maskrt.cli import main
 from maskrt.data.shapes import split_paths
 
@@ -51,9 +52,10 @@ def test_end_to_end_sides_agree_with_torchvision(
     assert "maskrt onnxruntime fp16" in text and "identical detections 4/4" in text
 
 
-def test_paste_bench_compares_identical_masks() -> None:
-    result = bench_paste_masks(num=12, image_size=(120, 200), reps=2)
-    assert result["identical"] is True
+@pytest.mark.parametrize("kind", PASTE_CASES)
+def test_paste_bench_compares_identical_masks(kind: str) -> None:
+    result = bench_paste_masks(num=12, image_size=(120, 200), reps=2, kind=kind)
+    assert result["masks"] == kind and result["identical"] is True
     assert result["speedup"] > 0
 
 
