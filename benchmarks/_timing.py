@@ -44,3 +44,14 @@ def time_calls(fn: Callable[[], Any], device: str, reps: int, warmup: int) -> li
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def machine_header() -> str:
+    """Where the figures are taken (CPU and its SIMD features, versions, commit; the GPU if any),
+    as one line for the top of a report."""
+    from maskrt.bench import machine_facts, machine_line
+
+    line = machine_line(machine_facts())
+    if torch.cuda.is_available():
+        line += f"; GPU {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
+    return line

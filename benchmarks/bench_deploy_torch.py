@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _timing import TimingRow, time_calls
+from _timing import TimingRow, machine_header, time_calls
 from torch import Tensor
 
 from maskrt.export import DeployModel, RoIAlignFn, RoIAlignUnit
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     threads = f"{torch.get_num_threads()} CPU threads"
     name = torch.cuda.get_device_name() if device == "cuda" else threads
+    print(machine_header())
     print(f"{name}; maskrcnn_resnet50_fpn (random weights) batch {args.batch} at {h}x{w}")
     rows: list[Row] = []
     for dtype_name in dtypes:

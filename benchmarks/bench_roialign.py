@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _timing import TimingRow, time_calls
+from _timing import TimingRow, machine_header, time_calls
 from torchvision.ops import MultiScaleRoIAlign
 
 from maskrt.plugins import (
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     image_hw = (args.height, args.width)
     feats, rois = make_inputs(num_rois, args.channels, image_hw)
     fields = MultiLevelRoIAlignFields(7, 2, 0, SCALES)
+    print(machine_header())
     print(
         f"{num_rois} RoIs, {args.channels} channels, input {args.height}x{args.width}, "
         f"P2..P5 {[tuple(f.shape[2:]) for f in feats]}"

@@ -157,17 +157,25 @@ def _interleaved(
     return times, agree, total
 
 
+# CPU features that change what ONNX Runtime and PyTorch run (MLAS/oneDNN kernels)
+_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+
+
 def machine_facts() -> dict[str, Any]:
-    """Where the figures were taken: CPU, cores, library versions, commit."""
+    """Where the figures were taken: CPU, its SIMD features, cores, library versions, commit."""
     import onnxruntime
     import torch
 
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-            )
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                elif ln.startswith("flags"):
+                    flags = set(ln.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
     try:
@@ -182,6 +190,7 @@ def machine_facts() -> dict[str, Any]:
         commit = "unknown"
     return {
         "cpu": cpu,
+        "simd": [f for f in _SIMD_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -438,11 +447,23 @@ def bench_paste_masks(
     }
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """:func:`machine_facts` in one Markdown line."""
+    simd = ", ".join(m.get("simd", [])) or "no SIMD flags read"
+    return (
+        f"Machine: {m['cpu']} ({simd}), {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), onnxruntime {m['onnxruntime']}; "
+        f"{m['date']}, commit {m['commit']}"
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The end-to-end report as Markdown: ratios first, then per-stage medians and p90s."""
     lines = [
         f"### {report['model']}, {report['images']} images of {report['image_size'][0]} px, "
-        f"{report['heads']} heads"
+        f"{report['heads']} heads",
+        "",
+        machine_line(report["machine"]),
     ]
     for bs, entry in report["batches"].items():
         lines.append(f"\nBatch {bs}, speed-up over torchvision eager:\n")
