@@ -3,7 +3,10 @@
 Both sides see the same images and the same checkpoint. Each side's time is split into
 pre-processing (uint8 image -> network input), inference (network) and post-processing
 (network output -> boxes and pasted masks in original pixels). Runs are interleaved (A, B, B, A,
-...) so that drifting clocks or caches favour neither side. Peak RSS is read in a fresh
+...) so that drifting clocks or caches favour neither side, with a pause after every run: both
+PyTorch's OpenMP workers and ONNX Runtime's keep a core busy spinning for a while after a call
+(measured: ~8 ms and ~35 ms), which would otherwise be taken from whichever side runs next. Each
+side runs in its default configuration. Peak RSS is read in a fresh
 subprocess per side, because one process's high-water mark cannot be split between two.
 
 Nothing here is a test: figures go to BENCHMARKS.md with the command, machine, date and commit.
@@ -99,8 +102,7 @@ class OnnxRuntimeSide:
 
         self.name = label
         self.spec = spec
-        # No spinning: idle ONNX Runtime workers would spin through the next side's timing.
-        self.runner = OrtRunner(onnx_path, providers=["CPUExecutionProvider"], spinning=False)
+        self.runner = OrtRunner(onnx_path, providers=["CPUExecutionProvider"])
 
     def run(self, images: Sequence[np.ndarray], times: StageTimes) -> list[Detections]:
         from .runtime.postprocess import postprocess
@@ -131,6 +133,10 @@ def detections_agree(a: Detections, b: Detections, box_tol: float = 1e-2) -> boo
     )
 
 
+# Seconds to wait after each run: longer than any side's workers spin after a call.
+SETTLE_S = 0.06
+
+
 def _interleaved(
     sides: Sequence[Any], batches: Sequence[Sequence[np.ndarray]], reps: int
 ) -> tuple[list[StageTimes], list[int], int]:
@@ -150,6 +156,7 @@ def _interleaved(
             results: dict[int, list[Detections]] = {}
             for i in order:
                 results[i] = sides[i].run(batch, times[i])
+                time.sleep(SETTLE_S)  # let the side's spinning workers park (module docstring)
             if rep == 0:
                 total += len(batch)
                 for i in range(1, len(sides)):
@@ -178,16 +185,21 @@ def machine_facts() -> dict[str, Any]:
                     break
     except OSError:
         pass
+    commit = "unknown"
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
+        here = Path(__file__).resolve().parent
+
+        def git(*args: str) -> str:
+            run = subprocess.run(
+                ["git", *args], capture_output=True, text=True, check=True, cwd=here
+            )
+            return run.stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        if git("status", "--porcelain", "--untracked-files=no"):
+            commit += "+uncommitted"  # figures of code that no commit holds
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        pass
     return {
         "cpu": cpu,
         "simd": [f for f in _SIMD_FLAGS if f in flags],
