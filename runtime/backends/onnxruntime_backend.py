@@ -85,10 +85,7 @@ class OrtRunner:
         path: str | os.PathLike[str],
         providers: Sequence[str] | None = None,
         threads: int | None = None,
-        spinning: bool = True,
     ) -> None:
-        """``spinning=False`` lets the worker threads sleep as soon as a run ends (ONNX Runtime
-        spins them by default, which takes the cores from whatever runs next in the process)."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -101,8 +98,6 @@ class OrtRunner:
             options, source = _plugin_session(self.path)
         if threads:
             options.intra_op_num_threads = threads
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is None:
             available = ort.get_available_providers()
             providers = [
