@@ -73,8 +73,14 @@ def _tiny_graph() -> onnx.ModelProto:
     return model
 
 
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def _run(
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 
@@ -222,19 +228,28 @@ def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path)
         assert types[p.output[0]] == TensorProto.FLOAT16
 
     # ONNX Runtime runs it (the plugin nodes upcast in memory, as the ORT backend does) and
-    # gives the unsurgered FP16 graph's outputs: both pool in FP32 and round to FP16
+    # gives the unsurgered FP16 graph's outputs bit for bit. Why exact: ORT's CPU provider runs
+    # the FP16 convolutions in FP32 between inserted Casts, both graphs round to FP16 at the same
+    # tensors, and the plugin's CPU twin and ORT's RoiAlign interpolate in FP32 with the same
+    # arithmetic before the one rounding to FP16 (0 of 1.57 M pooled values differ, ORT 1.31.1
+    # and 1.32.0). Both sessions stop at ORT_ENABLE_EXTENDED: at ORT_ENABLE_ALL the NCHWc layout
+    # transformer picks each convolution's kernel from the graph around it, and picked a
+    # different one for the FPN output convolutions of the two graphs; the other summation
+    # order changed 0.6 % of the FPN features by one FP16 ulp, which RPN, box and mask heads
+    # carried to 6.9e-4 px on boxes and 8.5e-4 (AVX-512; 1.1e-3 on an AVX2 machine) on mask
+    # probabilities. That is ORT's kernel choice, not the plugin, and no ulp count bounds it.
     x = np.random.default_rng(0).random((1, 3, 128, 160), dtype=np.float32)
     feeds = {contract.INPUT_IMAGES: x, contract.INPUT_IMAGE_SIZES: np.array([[128, 150]], np.int32)}
-    ref = _run(onnx.load(str(fp16_graph)), feeds)
+    same_kernels = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ref = _run(onnx.load(str(fp16_graph)), feeds, same_kernels)
     assert upcast_plugin_nodes(model) == 2
-    session = ort.InferenceSession(
-        model.SerializeToString(), ort_session_options(model), ["CPUExecutionProvider"]
-    )
+    options = ort_session_options(model)
+    options.graph_optimization_level = same_kernels
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
     got = session.run(None, feeds)
-    assert got[0].tolist() == ref[0].tolist()  # num_detections
-    for name, g, r in zip(contract.output_names(True, False)[1:], got[1:], ref[1:]):
-        atol = 1e-2 if name == contract.OUTPUT_BOXES else 1e-3  # pixels; probabilities
-        np.testing.assert_allclose(g, r, rtol=0, atol=atol, err_msg=name)
+    assert ref[0].item() > 0  # detections to compare
+    for name, g, r in zip(contract.output_names(True, False), got, ref):
+        np.testing.assert_array_equal(g, r, err_msg=name)
 
 
 # torchvision's prediction layers of the demo Mask R-CNN (what turns features into logits/deltas)

@@ -192,24 +192,15 @@ def test_surgered_fp16_graph_runs_like_unsurgered(fp16_graphs: tuple[Path, Path]
 
     plain_path, surgered_path = fp16_graphs
     images = [generate_image(0, "val", i)[0] for i in range(2)]
-    with load_predictor(plain_path, backend="onnxruntime") as predictor:
+    # Both without ORT's layout transformations, so that they run the same convolution kernels
+    # (see test_calibration's FP16 surgery test): then the only difference would be the pooling,
+    # where ORT's RoiAlign and the plugin's CPU kernel give the same FP16 values, bit for bit.
+    with load_predictor(plain_path, backend="onnxruntime", optimization="extended") as predictor:
         expected = predictor.predict(images)
-    with load_predictor(surgered_path, backend="onnxruntime") as predictor:
+    with load_predictor(surgered_path, backend="onnxruntime", optimization="extended") as predictor:
         got = predictor.predict(images)
     assert sum(len(d) for d in expected) > 0
     for e, g in zip(expected, got):
         assert len(g) == len(e)
-        np.testing.assert_array_equal(g.labels, e.labels)
-        # both pool in FP32 and round to FP16 (ORT's RoiAlign vs the plugin's CPU kernel): an
-        # ulp here and there, which the FP16 heads carry on a little
-        np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=0.01)
-        np.testing.assert_allclose(g.scores, e.scores, rtol=0, atol=1e-4)
-        assert e.masks is not None and g.masks is not None
-        assert (g.masks != e.masks).mean() < 1e-4
-
-    on_disk = onnx.load(str(surgered_path), load_external_data=False)
-    g = onnx.shape_inference.infer_shapes(on_disk).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info]}
-    for node in (n for n in on_disk.graph.node if n.op_type == PLUGIN_NAME):
-        assert [types[t] for t in node.input] == [TensorProto.FLOAT16] * 4 + [TensorProto.FLOAT]
-        assert types[node.output[0]] == TensorProto.FLOAT16
+        for name in ("labels", "boxes", "scores", "masks"):
+            np.testing.assert_array_equal(getattr(g, name), getattr(e, name), err_msg=name)

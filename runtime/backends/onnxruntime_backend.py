@@ -85,8 +85,24 @@ class OrtRunner:
         path: str | os.PathLike[str],
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        optimization: str | None = None,
     ) -> None:
+        """``optimization``: ONNX Runtime's graph optimisation level, ``basic``, ``extended`` or
+        ``all`` (its default). ``extended`` leaves out the layout transformations, whose kernel
+        choice per convolution depends on the graph around it: two graphs that differ only in a
+        RoIAlign unit then run the same kernels and give the same bits."""
         import onnxruntime as ort
+
+        levels = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if optimization is not None and optimization not in levels:
+            raise MaskrtError(
+                f"unknown ONNX Runtime optimization level {optimization!r}; "
+                f"expected one of {', '.join(levels)}"
+            )
 
         self.path = Path(path)
         meta, custom_ops = read_graph_facts(self.path)
@@ -98,6 +114,8 @@ class OrtRunner:
             options, source = _plugin_session(self.path)
         if threads:
             options.intra_op_num_threads = threads
+        if optimization is not None:
+            options.graph_optimization_level = levels[optimization]
         if providers is None:
             available = ort.get_available_providers()
             providers = [
