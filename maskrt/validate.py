@@ -7,10 +7,15 @@ COCO-format set and compares it with PyTorch FP32, the reference:
 * bbox / segm (/ keypoints) AP and its delta to PyTorch in AP points,
 * per-detection differences: each reference detection is matched to the row's detection of the
   same label with the highest IoU (> 0.5); mean and 95th percentile of the mean absolute box
-  coordinate difference (pixels) and of the absolute score difference, and the matched fraction,
+  coordinate difference (pixels) and of the absolute score difference, the matched fraction, and
+  the matched fraction of the confident reference detections (score >= 0.5) alone: low-score
+  detections come and go with any rounding, confident ones should not,
 * mean latency per image (one image per call, after one warm-up call).
 
-A row fails when ``|delta AP|`` of any IoU type exceeds its precision's tolerance.
+A row fails when ``|delta AP|`` of any IoU type exceeds its precision's tolerance. AP is a
+statistic of the evaluated images: on a few dozen it is noise-dominated (the same INT8 graph of a
+briefly trained demo model: bbox delta -0.02 points on 200 held-out images, standard deviation
+1.2 and up to 2.45 points over random 24-image subsets of them), so gate on a hundred or more.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .fileio import atomic_write_text
 
 DEFAULT_TOLERANCES: dict[str, float] = {"fp32": 0.1, "fp16": 0.3, "int8": 1.5}
 MATCH_IOU = 0.5
+CONFIDENT_SCORE = 0.5
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Row:
     score_diff_mean: float | None = None
     score_diff_p95: float | None = None
     matched: float | None = None
+    matched_confident: float | None = None
     latency_ms: float | None = None
     tolerance: float | None = None
     passed: bool | None = None  # None: reference row or skipped
@@ -87,7 +94,8 @@ class ValidationReport:
         """The table as GitHub Markdown (AP in %, deltas in AP points)."""
         head = ["artifact", "backend"]
         head += [f"{t} AP" for t in self.iou_types] + [f"Δ{t}" for t in self.iou_types]
-        head += ["box Δ mean/p95 (px)", "score Δ mean/p95", "matched", "ms/img", "tol", "result"]
+        head += ["box Δ mean/p95 (px)", "score Δ mean/p95", "matched all/≥0.5"]
+        head += ["ms/img", "tol", "result"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             if r.skipped:
@@ -101,7 +109,7 @@ class ValidationReport:
                 cells += [
                     _pair(r.box_diff_mean, r.box_diff_p95, 3),
                     _pair(r.score_diff_mean, r.score_diff_p95, 4),
-                    "–" if r.matched is None else f"{100 * r.matched:.1f}%",
+                    _percent_pair(r.matched, r.matched_confident),
                     "–" if r.latency_ms is None else f"{r.latency_ms:.1f}",
                     "–" if r.tolerance is None else f"{r.tolerance:g}",
                     "reference" if r.passed is None else ("pass" if r.passed else "FAIL"),
@@ -121,6 +129,10 @@ class ValidationReport:
             "failures": self.failures,
             "rows": [asdict(r) for r in self.rows],
         }
+
+
+def _percent_pair(a: float | None, b: float | None) -> str:
+    return " / ".join("–" if v is None else f"{100 * v:.1f}%" for v in (a, b))
 
 
 def _pair(a: float | None, b: float | None, digits: int) -> str:
@@ -184,12 +196,15 @@ def match_detections(
 
 @dataclass(frozen=True)
 class DetectionDiffs:
-    """Per matched detection: mean |box coordinate difference| (px) and |score difference|."""
+    """Per matched detection: mean |box coordinate difference| (px) and |score difference|;
+    how many reference detections (and confident ones, score >= ``CONFIDENT_SCORE``) matched."""
 
     box: np.ndarray
     score: np.ndarray
     matched: int
     reference: int
+    confident_matched: int = 0
+    confident: int = 0
 
     def summary(self) -> dict[str, float | None]:
         def stat(v: np.ndarray, f: Callable[[np.ndarray], Any]) -> float | None:
@@ -201,6 +216,9 @@ class DetectionDiffs:
             "score_diff_mean": stat(self.score, np.mean),
             "score_diff_p95": stat(self.score, lambda v: np.percentile(v, 95)),
             "matched": self.matched / self.reference if self.reference else None,
+            "matched_confident": (
+                self.confident_matched / self.confident if self.confident else None
+            ),
         }
 
 
@@ -209,9 +227,10 @@ def detection_diffs(
 ) -> DetectionDiffs:
     """Differences of ``other`` to ``reference`` over the images both hold."""
     box, score = [], []
-    matched = total = 0
+    matched = total = confident_matched = confident = 0
     for image_id, ref in reference.items():
         total += len(ref)
+        confident += int((ref.scores >= CONFIDENT_SCORE).sum())
         dets = other.get(image_id)
         if dets is None:
             continue
@@ -219,7 +238,10 @@ def detection_diffs(
             box.append(float(np.abs(ref.boxes[i].astype(np.float64) - dets.boxes[j]).mean()))
             score.append(abs(float(ref.scores[i]) - float(dets.scores[j])))
             matched += 1
-    return DetectionDiffs(np.asarray(box), np.asarray(score), matched, total)
+            confident_matched += int(ref.scores[i] >= CONFIDENT_SCORE)
+    return DetectionDiffs(
+        np.asarray(box), np.asarray(score), matched, total, confident_matched, confident
+    )
 
 
 # ---------------------------------------------------------------------------- running artifacts

@@ -64,6 +64,16 @@ def test_matching_needs_label_and_iou_and_is_one_to_one() -> None:
     np.testing.assert_allclose(d.box, [0.5])  # |1-0| and |11-10| over 4 coordinates
     np.testing.assert_allclose(d.score, [0.05], atol=1e-6)
     assert d.summary()["matched"] == pytest.approx(1 / 3)
+    assert d.summary()["matched_confident"] == pytest.approx(1 / 3)  # all three score >= 0.5
+
+
+def test_confident_matches_count_only_confident_reference_detections() -> None:
+    ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.3], [1, 1])
+    only_low = _dets([[20, 20, 30, 30]], [0.3], [1])
+    d = detection_diffs({1: ref}, {1: only_low})
+    assert (d.matched, d.reference, d.confident_matched, d.confident) == (1, 2, 0, 1)
+    assert d.summary()["matched_confident"] == 0.0
+    assert detection_diffs({1: only_low}, {1: only_low}).summary()["matched_confident"] is None
 
 
 def test_identical_detections_have_zero_differences() -> None:
@@ -98,28 +108,39 @@ def test_report_gate_and_markdown() -> None:
 
 @pytest.mark.slow
 def test_validate_demo_model_within_tolerances(
-    demo_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
+    demo_checkpoint: Path, heldout_dataset: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "validation"
     result = CliRunner().invoke(
         main,
-        ["validate", str(demo_checkpoint), "--data", str(shapes_dataset), "--out", str(out),
+        ["validate", str(demo_checkpoint), "--data", str(heldout_dataset), "--out", str(out),
          "--calib-images", "32"],
     )  # fmt: skip
     table = json.loads((out / "validation.json").read_text())
+    assert table["num_images"] == 200
     assert (out / "validation.md").read_text().startswith("| artifact |")
     rows = {r["name"]: r for r in table["rows"]}
     expected = ["PyTorch FP32", "ONNX FP32", "ONNX FP32 surgered", "ONNX FP16",
                 "ONNX INT8 (entropy)"]  # fmt: skip
     assert [n for n in rows if n in expected] == expected
     assert rows["PyTorch FP32"]["ap"]["bbox"] > 0.0  # the checkpoint detects something
+    # AP on 200 held-out images, where the defaults hold with room: the INT8 graph's deltas
+    # measured +0.13 bbox / +0.39 segm here, and -0.02..+0.49 / +0.08..+0.40 over calibration
+    # sets of 16-128 images (3 draws each) on another 200, the same with onnxruntime 1.31.1 and
+    # 1.32.0 (calibration/README.md). On the 24 images this test used before: +2.04 bbox.
     for name in expected[1:]:
         row = rows[name]
         assert row["ap"], f"{name}: {row['note']}"
         limit = DEFAULT_TOLERANCES[row["precision"]]
         for iou_type in ("bbox", "segm"):
             assert abs(row["delta"][iou_type]) <= limit, (name, iou_type, row["delta"])
-        assert row["matched"] is not None and row["matched"] > 0.5
-    assert rows["ONNX FP32"]["box_diff_p95"] < 0.05  # same maths, float rounding only
+    # Detection level. FP32 and FP16 keep every detection (measured: FP32 100 %, FP16 99.7 %
+    # of all, 100 % of the confident ones, score >= 0.5); INT8 keeps the confident ones
+    # (99.5 % here, 98.6-99.6 % in the sweep) while low-score ones come and go (83.6 %; 80.6-87.4).
+    for name in expected[1:4]:
+        assert rows[name]["matched"] > 0.99 and rows[name]["matched_confident"] == 1.0, name
+    assert rows["ONNX FP32"]["box_diff_p95"] < 0.05  # px: same maths, float rounding only
+    assert rows["ONNX INT8 (entropy)"]["matched_confident"] >= 0.97
+    assert rows["ONNX INT8 (entropy)"]["matched"] >= 0.7
     assert table["passed"] is True
     assert result.exit_code == 0, result.output
