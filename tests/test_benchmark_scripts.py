@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _roialign_cases import FP32_TOL
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -30,7 +32,7 @@ def test_roialign_benchmark_matches_torchvision(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "cpu fp32: max abs difference to torchvision" in r.stderr
     err = float(r.stderr.split("max abs difference to torchvision")[1].split()[0])
-    assert err <= 1e-5
+    assert err <= FP32_TOL
     rows = json.loads(out.read_text())["rows"]
     assert {(row["device"], row["impl"]) for row in rows} >= {
         ("cpu", "torchvision"),
@@ -47,4 +49,6 @@ def test_deploy_model_benchmark_matches_torchvision(tmp_path: Path) -> None:
     assert set(rows) == {"torchvision", "deploy/reference", "deploy/maskrt"}, r.stderr
     for name in ("deploy/reference", "deploy/maskrt"):
         # Same scores as torchvision, sorted (boxes of tied scores may come in another order).
+        # measured 0 (the same torch kernels), ORT 1.31.1 and 1.32.0; 1e-4 as SCORE_TOL in
+        # test_export
         assert rows[name]["max_score_diff"] <= 1e-4, rows[name]

@@ -118,6 +118,9 @@ def test_fp16_keeps_islands_fp32_and_matches_ort() -> None:
     x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
     ref = _run(model, {contract.INPUT_IMAGES: x})
     got = _run(fp16, {contract.INPUT_IMAGES: x})
+    # FP16 rounds weights, the input and each activation (2**-11 relative each, four roundings on
+    # the longest path); measured: 2.5e-4 of the output's range at worst (3.6 % relative on values
+    # near 0), both with ORT 1.31.1 and 1.32.0. 1 % of the range bounds four roundings at any value.
     for a, b in zip(ref, got):
         np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2 * np.abs(a).max())
 

@@ -33,6 +33,8 @@ def test_fp32_chain_stops_after_surgery_without_tensorrt(
     ours = load_predictor(result.surgered, backend="onnxruntime").predict(images)
     for a, b in zip(plain, ours):
         assert len(a) == len(b) > 0
+        # measured 0 (ORT 1.31.1 and 1.32.0): the plugin's CPU twin and ORT's RoiAlign give the same
+        # FP32 values; 1e-4 px leaves room for a kernel that sums in another order
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
         np.testing.assert_array_equal(a.masks, b.masks)
 

@@ -57,6 +57,8 @@ def test_preprocess_matches_torchvision_transform(sizes: list[tuple[int, int]], 
     assert batch.images.dtype == np.float32 and batch.image_sizes.dtype == np.int32
     assert [tuple(s) for s in batch.image_sizes.tolist()] == [tuple(s) for s in ref.image_sizes]
     # Normalised, our mean padding must become torchvision's zero padding.
+    # torchvision normalises then resizes, we resize (the graph normalises): equal in exact
+    # arithmetic; measured 9.5e-7, a few float32 ulps at values up to 2.6 (no ORT in this path)
     np.testing.assert_allclose(_normalise(batch.images, SPEC), ref.tensors.numpy(), atol=1e-4)
     assert batch.original_sizes == tuple(sizes)
 

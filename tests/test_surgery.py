@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _roialign_cases import FP32_TOL
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
@@ -197,7 +198,7 @@ def test_units_outputs_unchanged_in_onnxruntime(two_units) -> None:
     got = _session(out, plugin=True).run(None, feeds)
     for w, g in zip(want, got):
         assert w.shape == g.shape and np.count_nonzero(w) > 0
-        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(g, w, rtol=0, atol=FP32_TOL)
 
 
 def test_idempotent(two_units) -> None:
@@ -247,7 +248,7 @@ def test_lone_roialign_becomes_single_level_plugin(attrs: dict[str, object]) -> 
     batch = rng.integers(0, 2, size=30).astype(np.int64)
     (want,) = _session(model, plugin=False).run(None, {"x": x, "rois": rois, "batch": batch})
     got = roi_align_single(x, rois, batch, fields)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=FP32_TOL)
 
 
 def test_roialign_it_cannot_run_is_left_and_reported() -> None:
@@ -300,7 +301,7 @@ def test_demo_export_surgery_matches_onnxruntime(demo_export: onnx.ModelProto) -
     got = _session(out, plugin=True).run(None, feeds)
     assert int(want[0].sum()) > 0  # detections, so the RoIAlign outputs matter
     for w, g in zip(want, got):
-        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(g, w, rtol=0, atol=FP32_TOL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +418,7 @@ def test_torchvision_pooler_is_fused_into_one_plugin_node(tmp_path: Path) -> Non
         feeds = {**{f"p{i}": feeds[f"p{i}"] for i in range(4)}, "boxes0": feeds["rois"][0]}
         want = _session(model, plugin=False).run(None, feeds)
         got = _session(out, plugin=True).run(None, feeds)
-        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=FP32_TOL)
 
 
 def test_torchvision_pooler_over_two_images_falls_back_to_single_level(tmp_path: Path) -> None:
