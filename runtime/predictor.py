@@ -121,7 +121,7 @@ def load_predictor(
     """A :class:`Predictor` for ``artifact``; ``backend`` None picks it from the suffix.
 
     Options by backend: torch: ``arch``, ``device``; onnxruntime: ``providers``,
-    ``threads``; tensorrt: ``contexts``, ``cuda_graph``.
+    ``threads``, ``optimization``; tensorrt: ``contexts``.
     """
     backend = backend or default_backend(artifact)
     if not Path(artifact).is_file():

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def load_trt_runner(engine_path: str | os.PathLike[str], **options: Any) -> Any:
-    """A TrtRunner for ``engine_path`` (``contexts``, ``cuda_graph``); TensorRT loads lazily."""
+    """A TrtRunner for ``engine_path`` (``contexts``); TensorRT loads lazily."""
     from ..trt.common import tensorrt
 
     tensorrt()  # a clear MaskrtError where TensorRT is missing

@@ -1,12 +1,20 @@
 """The only module that calls pycuda (which has no type stubs); typed at its boundary.
 
-One CUDA context (the device's primary context) per process, streams, device buffers,
-page-locked host buffers, async copies and CUDA graph capture.
+One CUDA context per process, the device's primary context, made current only around the work
+that needs it (:func:`activated`): pycuda keeps a context stack per thread, so a context pushed
+once on the first thread is not current on a serving thread pool's others (``mem_alloc`` fails
+there), and pycuda aborts the process at exit when a stack still holds a context. So every
+entry point pushes the context on the calling thread and pops it when done; nothing stays
+pushed. Streams, device buffers, page-locked host buffers and async copies; no CUDA-graph
+capture (no released pycuda wraps stream capture).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,37 +23,56 @@ from maskrt.errors import MaskrtError
 
 _driver: Any = None
 _context: Any = None
+_init_lock = threading.Lock()
 
 
 def driver() -> Any:
-    """pycuda.driver with the primary context of device 0 current (made once)."""
+    """pycuda.driver, initialised once, with the primary context of device 0 retained (not
+    pushed: see :func:`activated`)."""
     global _driver, _context
-    if _driver is None:
-        try:
-            cuda = importlib.import_module("pycuda.driver")
-        except ImportError:
-            raise MaskrtError(
-                "pycuda is not installed; install maskrt[trt] on a machine with TensorRT"
-            ) from None
-        cuda.init()
-        if cuda.Device.count() < 1:
-            raise MaskrtError("no CUDA GPU is visible")
-        _context = cuda.Device(0).retain_primary_context()
-        _context.push()
-        _driver = cuda
+    with _init_lock:
+        if _driver is None:
+            try:
+                cuda = importlib.import_module("pycuda.driver")
+            except ImportError:
+                raise MaskrtError(
+                    "pycuda is not installed; install maskrt[trt] on a machine with TensorRT"
+                ) from None
+            cuda.init()
+            if cuda.Device.count() < 1:
+                raise MaskrtError("no CUDA GPU is visible")
+            _context = cuda.Device(0).retain_primary_context()
+            _driver = cuda
     return _driver
+
+
+@contextlib.contextmanager
+def activated() -> Iterator[Any]:
+    """The primary context current on the calling thread for the ``with`` block (pushed, then
+    popped; a no-op when it is current already, so blocks nest)."""
+    cuda = driver()
+    current = cuda.Context.get_current()  # None when this thread's stack is empty
+    if current is not None and current == _context:
+        yield cuda
+        return
+    _context.push()
+    try:
+        yield cuda
+    finally:
+        cuda.Context.pop()
 
 
 def device_facts() -> tuple[str, tuple[int, int]]:
     """(name, compute capability) of the GPU in use."""
-    cuda = driver()
-    dev = cuda.Context.get_device()
-    major, minor = dev.compute_capability()
-    return str(dev.name()), (int(major), int(minor))
+    with activated() as cuda:
+        dev = cuda.Context.get_device()
+        major, minor = dev.compute_capability()
+        return str(dev.name()), (int(major), int(minor))
 
 
 class Stream:
-    """A CUDA stream; ``handle`` is what TensorRT's ``execute_async_v3`` takes."""
+    """A CUDA stream; ``handle`` is what TensorRT's ``execute_async_v3`` takes. Create and use
+    it (like the buffers below) inside :func:`activated`."""
 
     def __init__(self) -> None:
         self._stream: Any = driver().Stream()
@@ -56,25 +83,6 @@ class Stream:
 
     def synchronize(self) -> None:
         self._stream.synchronize()
-
-    def begin_capture(self) -> None:
-        if not hasattr(self._stream, "begin_capture"):
-            raise MaskrtError("CUDA graph capture needs pycuda >= 2022.1")
-        self._stream.begin_capture()
-
-    def end_capture(self) -> CudaGraph:
-        return CudaGraph(self._stream.end_capture())
-
-
-class CudaGraph:
-    """An instantiated captured graph, replayed on a stream."""
-
-    def __init__(self, graph: Any) -> None:
-        self._graph = graph
-        self._exec: Any = graph.get_exec_graph()
-
-    def launch(self, stream: Stream) -> None:
-        self._exec.launch(stream._stream)
 
 
 class DeviceBuffer:

@@ -3,8 +3,9 @@
 Tensors are bound by name (``set_input_shape`` / ``set_tensor_address`` /
 ``execute_async_v3``). Each execution context owns a stream, device buffers and page-locked
 host buffers, reused across calls (grown when a larger shape arrives). Several contexts serve
-concurrent callers; with ``cuda_graph`` each context captures the enqueue of a shape once and
-replays it. Before TensorRT sees the engine, its sidecar is checked against this machine.
+concurrent callers, from any thread: the CUDA context is made current on the calling thread for
+each call (``_cuda.activated``). Before TensorRT sees the engine, its sidecar is checked against
+this machine.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,26 +79,22 @@ class _Slot:
     context: trt.IExecutionContext
     stream: _cuda.Stream
     bindings: dict[str, _Binding]
-    graphs: dict[tuple[tuple[int, ...], ...], _cuda.CudaGraph] = field(default_factory=dict)
-    warm: set[tuple[tuple[int, ...], ...]] = field(default_factory=set)
 
 
 class TrtRunner:
     """A GraphRunner (see :mod:`maskrt.runtime.predictor`) over a TensorRT engine."""
 
-    def __init__(
-        self, engine_path: str | os.PathLike[str], contexts: int = 1, cuda_graph: bool = False
-    ) -> None:
+    def __init__(self, engine_path: str | os.PathLike[str], contexts: int = 1) -> None:
         self.path = Path(engine_path)
         self.sidecar: Sidecar = read_sidecar(self.path)
         # Refuse a mismatch before TensorRT reads the engine (it may crash on one).
         check_compatible(self.sidecar, machine_facts(), sha256_file(self.path))
         self.spec = self.sidecar.spec
-        self.cuda_graph = cuda_graph
         mod = tensorrt()
         load_plugins()
         self._runtime: trt.Runtime = mod.Runtime(logger())
-        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        with _cuda.activated():  # TensorRT allocates in the current context
+            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise MaskrtError(f"TensorRT could not deserialize {self.path} (see its log above)")
         self.engine: trt.ICudaEngine = engine
@@ -115,10 +112,11 @@ class TrtRunner:
         )
         self._slots: queue.Queue[_Slot] = queue.Queue()
         self._all: list[_Slot] = []
-        for i in range(max(contexts, 1)):
-            slot = self._make_slot(i % engine.num_optimization_profiles)
-            self._all.append(slot)
-            self._slots.put(slot)
+        with _cuda.activated():
+            for i in range(max(contexts, 1)):
+                slot = self._make_slot(i % engine.num_optimization_profiles)
+                self._all.append(slot)
+                self._slots.put(slot)
         self._lock = threading.Lock()
 
     def _make_slot(self, profile: int) -> _Slot:
@@ -135,9 +133,10 @@ class TrtRunner:
     def __call__(self, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, np.ndarray]:
         slot = self._slots.get()
         try:
-            return self._run(
-                slot, {contract.INPUT_IMAGES: images, contract.INPUT_IMAGE_SIZES: image_sizes}
-            )
+            with _cuda.activated():
+                return self._run(
+                    slot, {contract.INPUT_IMAGES: images, contract.INPUT_IMAGE_SIZES: image_sizes}
+                )
         finally:
             self._slots.put(slot)
 
@@ -161,39 +160,19 @@ class TrtRunner:
             device, host = slot.bindings[name].ensure(shape)
             ctx.set_tensor_address(name, device.ptr)
             out_host[name], out_dev[name] = host, device
-        key = tuple(tuple(a.shape) for a in feeds.values())
-        self._enqueue(slot, key)
+        if not ctx.execute_async_v3(slot.stream.handle):
+            raise MaskrtError("TensorRT execution failed (see its log above)")
         for name in self.outputs:
             _cuda.copy_to_host(out_host[name], out_dev[name], slot.stream)
         slot.stream.synchronize()
         return {name: out_host[name].copy() for name in self.outputs}
 
-    def _enqueue(self, slot: _Slot, key: tuple[tuple[int, ...], ...]) -> None:
-        graph = slot.graphs.get(key)
-        if graph is not None:
-            graph.launch(slot.stream)
-            return
-        if self.cuda_graph and key in slot.warm:
-            # Addresses are stable for this shape (buffers only grow), so the capture replays.
-            slot.stream.begin_capture()
-            ok = slot.context.execute_async_v3(slot.stream.handle)
-            graph = slot.stream.end_capture()
-            if not ok:
-                raise MaskrtError("TensorRT enqueue failed while capturing a CUDA graph")
-            slot.graphs[key] = graph
-            graph.launch(slot.stream)
-            return
-        if not slot.context.execute_async_v3(slot.stream.handle):
-            raise MaskrtError("TensorRT execution failed (see its log above)")
-        slot.warm.add(key)  # TensorRT wants one plain run before capturing a shape
-
     def close(self) -> None:
-        with self._lock:
+        with self._lock, _cuda.activated():
             for slot in self._all:
                 slot.stream.synchronize()
                 for b in slot.bindings.values():
                     if b.device is not None:
                         b.device.free()
                         b.device = None
-                slot.graphs.clear()
             self._all.clear()
