@@ -77,6 +77,46 @@ def test_tensorrt_plugin_builds(tmp_path: Path) -> None:
     assert PLUGIN_NAME.encode() in blob and SINGLE_PLUGIN_NAME.encode() in blob
 
 
+def _configure_only(build: Path, *defines: str) -> str:
+    configure = subprocess.run(
+        [CMAKE, "-S", str(ROOT), "-B", str(build), "-DMASKRT_WITH_CUDA=OFF", *defines],
+        capture_output=True,
+        text=True,
+    )
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    return configure.stdout
+
+
+@pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
+@pytest.mark.parametrize(
+    ("version_header", "expected"),
+    [
+        # TensorRT 8.x (JetPack 5): numbers on NV_TENSORRT_MAJOR/MINOR; no IPluginV3 loader
+        ("#define NV_TENSORRT_MAJOR 8\n#define NV_TENSORRT_MINOR 6\n", "TensorRT 8.6 headers"),
+        # TensorRT 10.x (10.16 on) and 11.x: the numbers sit on TRT_*_ENTERPRISE
+        (
+            "#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 1\n"
+            "#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE\n"
+            "#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE\n",
+            "TensorRT 11.1 headers",
+        ),
+    ],
+)
+def test_configure_reads_the_tensorrt_version(
+    tmp_path: Path, version_header: str, expected: str
+) -> None:
+    """CMake reads the version from NvInferVersion.h and skips TensorRT < 10 with a status line
+    instead of failing the install. Stand-in headers written here (the version lines only)."""
+    include = tmp_path / "include"
+    include.mkdir()
+    (include / "NvInfer.h").write_text("// stand-in: only its presence is looked for\n")
+    (include / "NvInferVersion.h").write_text(version_header)
+    log = _configure_only(tmp_path / "build", f"-DTensorRT_INCLUDE_DIR={include}")
+    line = next(x for x in log.splitlines() if "maskrt: TensorRT plugin:" in x)
+    assert expected in line, line
+    assert ("needs TensorRT 10 or newer" in line) == expected.startswith("TensorRT 8.")
+
+
 @pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found")
 def test_cuda_kernel_compiles_with_nvcc(tmp_path: Path) -> None:
     result = subprocess.run(

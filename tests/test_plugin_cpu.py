@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ from _roialign_cases import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torchvision.ops import roi_align
 
 from maskrt.errors import MaskrtError
 from maskrt.plugins import (
@@ -295,3 +299,52 @@ def test_single_matches_onnx_backend_cases() -> None:
         np.testing.assert_allclose(ours, expected[0], rtol=0, atol=1e-4, err_msg=name)
         ran += 1
     assert ran >= 2
+
+
+# Bilinear taps the CPU kernel caches per RoI (kMaxCachedTaps in roialign_cpu.cpp): 7 x 7 bins
+# with adaptive sampling cache 49 * ceil(side / 7)**2 taps, under the bound up to a 511-px box.
+MAX_CACHED_TAPS = 1 << 18
+
+
+@pytest.mark.parametrize("side", [511, 518])  # 261121 taps (cached), 268324 (on the fly)
+def test_adaptive_sampling_past_the_tap_cache_gives_the_same_values(side: int) -> None:
+    grid = (side + 6) // 7  # adaptive sampling: ceil(side / output size)
+    assert (49 * grid * grid > MAX_CACHED_TAPS) == (side == 518)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 1, 530, 530)).astype(np.float32)
+    rois = np.array([[3.25, 5.5, 3.25 + side, 5.5 + side]], np.float32)
+    ours = roi_align_single(x, rois, np.zeros(1, np.int64), SingleRoIAlignFields(7, 7, 0, 1.0, 0))
+    with_index = torch.from_numpy(np.concatenate([np.zeros((1, 1), np.float32), rois], axis=1))
+    ref = roi_align(torch.from_numpy(x), with_index, (7, 7), 1.0, 0, aligned=False).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_TOL)
+
+
+_OUT_OF_MEMORY = """
+import resource
+import numpy as np
+from maskrt.errors import MaskrtError
+from maskrt.plugins import SingleRoIAlignFields, _library, roi_align_single
+
+_library.load(_library.CPU)
+x = np.ones((1, 1, 520, 520), np.float32)
+args = (x, np.array([[0, 0, 511, 511]], np.float32), np.zeros(1, np.int64),
+        SingleRoIAlignFields(7, 7, 0, 1.0, 0))
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 20), resource.RLIM_INFINITY))
+try:
+    roi_align_single(*args)  # its 8 MiB tap cache cannot be had under the limit
+except MaskrtError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_out_of_memory_in_the_cpu_kernel_is_an_error_not_an_abort() -> None:
+    """std::bad_alloc (and a thread that cannot start) are caught inside the C ABI: Python gets
+    a MaskrtError and goes on, where an escaping exception would abort the process."""
+    child = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_MEMORY], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "refused: roi_align_single: out of host memory" in child.stdout, child.stdout

@@ -7,7 +7,8 @@
 //   features[l]      pointer to level l, NCHW [batch, channels, heights[l], widths[l]]
 //   rois             float32 [batch, num_rois, 4] (multi-level) or [num_rois, 4] (single),
 //                    x1, y1, x2, y2 in input-image pixels
-//   return value     0 on success, otherwise a MASKRT_ROIALIGN_E* code (see maskrt_roialign_strerror)
+//   return value     0 on success, otherwise a MASKRT_ROIALIGN_E* code (see maskrt_roialign_strerror);
+//                    no C++ exception ever leaves an entry point
 #pragma once
 
 #include <stdint.h>
@@ -22,6 +23,8 @@
 #define MASKRT_ROIALIGN_EINVAL 1       /* bad argument (sizes, dtype, number of levels) */
 #define MASKRT_ROIALIGN_EBATCHINDEX 2  /* single-level mode: a batch index is out of range */
 #define MASKRT_ROIALIGN_ECUDA 3        /* a CUDA launch failed */
+#define MASKRT_ROIALIGN_ENOMEM 4       /* host memory ran out (std::bad_alloc, caught) */
+#define MASKRT_ROIALIGN_EINTERNAL 5    /* any other C++ exception, caught at the C ABI */
 #define MASKRT_ROIALIGN_MAX_LEVELS 8
 
 /* Text of a MASKRT_ROIALIGN_E* code (inline so every library has it without linking another). */
@@ -31,6 +34,8 @@ static inline char const* maskrt_roialign_error_text(int code) {
         case MASKRT_ROIALIGN_EINVAL: return "invalid argument (sizes, dtype or number of levels)";
         case MASKRT_ROIALIGN_EBATCHINDEX: return "a batch index is outside [0, batch)";
         case MASKRT_ROIALIGN_ECUDA: return "CUDA kernel launch failed";
+        case MASKRT_ROIALIGN_ENOMEM: return "out of host memory";
+        case MASKRT_ROIALIGN_EINTERNAL: return "internal error (a C++ exception was caught)";
         default: return "unknown error";
     }
 }

@@ -1,7 +1,10 @@
 // CPU implementation of the multi-level and single-level RoIAlign, exported with a C ABI.
 // The per-sample math comes from roialign_math.h, shared with the CUDA kernel.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -15,37 +18,85 @@ using maskrt::roialign::BilinearTaps;
 using maskrt::roialign::HalfBits;
 using maskrt::roialign::RoiSampling;
 
-//! Runs body(begin, end) over [0, n) split into contiguous chunks, one per thread.
+//! The MASKRT_ROIALIGN_E* code of the exception being handled (call inside a catch block).
+int error_code_of_current_exception() {
+    try {
+        throw;
+    } catch (std::bad_alloc const&) {
+        return MASKRT_ROIALIGN_ENOMEM;
+    } catch (...) {
+        return MASKRT_ROIALIGN_EINTERNAL;
+    }
+}
+
+//! Runs body(begin, end) over [0, n) split into contiguous chunks, one per thread, and returns
+//! MASKRT_ROIALIGN_OK or the code of the first exception a chunk threw (an exception must not
+//! leave a std::thread: that terminates the process). A thread that cannot be started leaves
+//! its chunk to the calling thread.
 template <typename F>
-void parallel_chunks(int64_t n, int num_threads, F body) {
-    if (n <= 0) return;
+int parallel_chunks(int64_t n, int num_threads, F body) {
+    if (n <= 0) return MASKRT_ROIALIGN_OK;
     int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
     threads = std::max(1, std::min<int>(threads, static_cast<int>(std::min<int64_t>(n, 256))));
-    if (threads == 1) {
-        body(int64_t{0}, n);
-        return;
-    }
+    std::atomic<int> error{MASKRT_ROIALIGN_OK};
+    auto guarded = [&](int64_t b, int64_t e) {
+        try {
+            body(b, e);
+        } catch (...) {
+            int expected = MASKRT_ROIALIGN_OK;
+            error.compare_exchange_strong(expected, error_code_of_current_exception());
+        }
+    };
     std::vector<std::thread> pool;
     int64_t const chunk = (n + threads - 1) / threads;
-    for (int t = 0; t < threads; ++t) {
-        int64_t const b = t * chunk;
-        int64_t const e = std::min(n, b + chunk);
-        if (b >= e) break;
-        pool.emplace_back([=]() { body(b, e); });
+    int64_t inline_from = n;  // chunks from here on run on the calling thread
+    try {
+        pool.reserve(static_cast<size_t>(threads));
+        for (int t = 1; t < threads; ++t) {  // chunk 0 runs on the calling thread
+            int64_t const b = t * chunk;
+            if (b >= n) break;
+            pool.emplace_back(guarded, b, std::min(n, b + chunk));
+            inline_from = std::min(n, b + chunk);
+        }
+    } catch (...) {  // no thread for this chunk (resources): do it here
+        inline_from = chunk * static_cast<int64_t>(pool.size() + 1);
     }
+    guarded(0, std::min(n, chunk));
+    if (inline_from < n) guarded(inline_from, n);
     for (auto& th : pool) th.join();
+    return error.load();
 }
 
 inline void store(float* out, int64_t i, float v) { out[i] = v; }
 inline void store(HalfBits* out, int64_t i, float v) { out[i] = maskrt::roialign::half_from_float(v); }
 
+//! Most bilinear taps cached per RoI (x 32 bytes: 8 MiB per thread). Adaptive sampling
+//! (sampling_ratio 0) on a huge box asks for more; those RoIs compute their taps on the fly.
+constexpr int64_t kMaxCachedTaps = int64_t{1} << 18;
+
 //! Pools one RoI on one image of one level into out[channels, pooled_h, pooled_w]. The bilinear
-//! taps depend only on the RoI, so they are computed once and reused for every channel.
+//! taps depend only on the RoI, so they are computed once and reused for every channel, unless
+//! there are more than kMaxCachedTaps: then each bin samples directly (the same arithmetic in
+//! the same order, so the same values; slower, in bounded memory).
 template <typename T>
 void pool_roi(T const* image, int channels, int height, int width, RoiSampling const& s,
               int pooled_h, int pooled_w, T* out, std::vector<BilinearTaps>& taps) {
     int const gh = std::max(s.grid_h, 0);
     int const gw = std::max(s.grid_w, 0);
+    int64_t const plane_size = static_cast<int64_t>(height) * width;
+    if (static_cast<int64_t>(pooled_h) * pooled_w * gh * gw > kMaxCachedTaps) {
+        for (int c = 0; c < channels; ++c) {
+            T const* src = image + c * plane_size;
+            T* dst = out + static_cast<int64_t>(c) * pooled_h * pooled_w;
+            for (int ph = 0; ph < pooled_h; ++ph) {
+                for (int pw = 0; pw < pooled_w; ++pw) {
+                    store(dst, ph * pooled_w + pw,
+                          maskrt::roialign::pool_bin(src, height, width, s, ph, pw));
+                }
+            }
+        }
+        return;
+    }
     taps.clear();
     for (int ph = 0; ph < pooled_h; ++ph) {
         for (int pw = 0; pw < pooled_w; ++pw) {
@@ -58,10 +109,9 @@ void pool_roi(T const* image, int channels, int height, int width, RoiSampling c
             }
         }
     }
-    int64_t const plane = static_cast<int64_t>(height) * width;
     int const per_bin = gh * gw;
     for (int c = 0; c < channels; ++c) {
-        T const* src = image + c * plane;
+        T const* src = image + c * plane_size;
         T* dst = out + static_cast<int64_t>(c) * pooled_h * pooled_w;
         BilinearTaps const* t = taps.data();
         for (int bin = 0; bin < pooled_h * pooled_w; ++bin) {
@@ -88,7 +138,7 @@ int multilevel(int num_levels, void const* const* features, int const* heights, 
     int const k_max = maskrt::roialign::level_of_scale(scales[num_levels - 1]);
     int64_t const per_roi = static_cast<int64_t>(channels) * output_size * output_size;
     T* out = static_cast<T*>(output);
-    parallel_chunks(static_cast<int64_t>(batch) * num_rois, num_threads, [&](int64_t b, int64_t e) {
+    return parallel_chunks(static_cast<int64_t>(batch) * num_rois, num_threads, [&](int64_t b, int64_t e) {
         std::vector<BilinearTaps> taps;
         for (int64_t r = b; r < e; ++r) {
             int64_t const img = r / num_rois;
@@ -109,7 +159,6 @@ int multilevel(int num_levels, void const* const* features, int const* heights, 
                      out + r * per_roi, taps);
         }
     });
-    return MASKRT_ROIALIGN_OK;
 }
 
 template <typename T>
@@ -122,7 +171,7 @@ int single(void const* x, int batch, int channels, int height, int width, float 
     int64_t const plane = static_cast<int64_t>(height) * width;
     int64_t const per_roi = static_cast<int64_t>(channels) * output_height * output_width;
     T* out = static_cast<T*>(output);
-    parallel_chunks(num_rois, num_threads, [&](int64_t b, int64_t e) {
+    return parallel_chunks(num_rois, num_threads, [&](int64_t b, int64_t e) {
         std::vector<BilinearTaps> taps;
         for (int64_t r = b; r < e; ++r) {
             float const* box = rois + 4 * r;
@@ -133,7 +182,6 @@ int single(void const* x, int batch, int channels, int height, int width, float 
                      out + r * per_roi, taps);
         }
     });
-    return MASKRT_ROIALIGN_OK;
 }
 
 }  // namespace
@@ -161,14 +209,18 @@ int maskrt_roialign_cpu_multilevel(int dtype, int num_levels, void const* const*
     for (int l = 0; l < num_levels; ++l) {
         if (heights[l] < 1 || widths[l] < 1 || !(spatial_scales[l] > 0.0f)) return MASKRT_ROIALIGN_EINVAL;
     }
-    if (dtype == 0) {
-        return multilevel<float>(num_levels, features, heights, widths, batch, channels, rois,
+    try {
+        if (dtype == 0) {
+            return multilevel<float>(num_levels, features, heights, widths, batch, channels, rois,
+                num_rois, output, output_size, sampling_ratio, aligned, spatial_scales,
+                canonical_scale, canonical_level, num_threads);
+        }
+        return multilevel<HalfBits>(num_levels, features, heights, widths, batch, channels, rois,
             num_rois, output, output_size, sampling_ratio, aligned, spatial_scales,
             canonical_scale, canonical_level, num_threads);
+    } catch (...) {
+        return error_code_of_current_exception();
     }
-    return multilevel<HalfBits>(num_levels, features, heights, widths, batch, channels, rois,
-        num_rois, output, output_size, sampling_ratio, aligned, spatial_scales, canonical_scale,
-        canonical_level, num_threads);
 }
 
 int maskrt_roialign_cpu_single(int dtype, void const* x, int batch, int channels, int height,
@@ -179,12 +231,18 @@ int maskrt_roialign_cpu_single(int dtype, void const* x, int batch, int channels
         output_height < 1 || output_width < 1 || (dtype != 0 && dtype != 1)) {
         return MASKRT_ROIALIGN_EINVAL;
     }
-    if (dtype == 0) {
-        return single<float>(x, batch, channels, height, width, rois, batch_indices, num_rois,
-            output, output_height, output_width, sampling_ratio, spatial_scale, aligned, num_threads);
+    try {
+        if (dtype == 0) {
+            return single<float>(x, batch, channels, height, width, rois, batch_indices,
+                num_rois, output, output_height, output_width, sampling_ratio, spatial_scale,
+                aligned, num_threads);
+        }
+        return single<HalfBits>(x, batch, channels, height, width, rois, batch_indices, num_rois,
+            output, output_height, output_width, sampling_ratio, spatial_scale, aligned,
+            num_threads);
+    } catch (...) {
+        return error_code_of_current_exception();
     }
-    return single<HalfBits>(x, batch, channels, height, width, rois, batch_indices, num_rois,
-        output, output_height, output_width, sampling_ratio, spatial_scale, aligned, num_threads);
 }
 
 }  // extern "C"

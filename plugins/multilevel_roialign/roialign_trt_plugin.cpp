@@ -8,6 +8,7 @@
 // interfaces of version 1.0, IPluginCreatorV3One, IExprBuilder, getCreators/setLoggerFinder).
 #include <NvInferRuntime.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -32,12 +33,19 @@ using namespace nvinfer1;
 
 ILoggerFinder* g_logger_finder = nullptr;
 
-void log_error(std::string const& msg) {
-    if (g_logger_finder != nullptr) {
-        if (ILogger* logger = g_logger_finder->findLogger()) {
-            logger->log(ILogger::Severity::kERROR, ("maskrt RoIAlign plugin: " + msg).c_str());
+//! To TensorRT's logger when the loader gave us one (setLoggerFinder), else to stderr: a
+//! library loaded with ctypes/dlopen before any logger exists must not fail silently.
+void log_error(std::string const& msg) noexcept {
+    char const* const prefix = "maskrt RoIAlign plugin: ";
+    ILogger* logger = g_logger_finder != nullptr ? g_logger_finder->findLogger() : nullptr;
+    if (logger != nullptr) {
+        try {
+            logger->log(ILogger::Severity::kERROR, (prefix + msg).c_str());
+            return;
+        } catch (...) {  // the message could not be built: say it plainly below
         }
     }
+    std::fprintf(stderr, "%s%s\n", prefix, msg.c_str());
 }
 
 // --- plugin fields ----------------------------------------------------------------------------
@@ -186,7 +194,12 @@ public:
     IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
 
     PluginFieldCollection const* getFieldsToSerialize() noexcept override {
-        mParams.expose(mFields);
+        try {
+            mParams.expose(mFields);
+        } catch (std::exception const& e) {  // no exception may leave a TensorRT entry point
+            log_error(e.what());
+            return nullptr;
+        }
         mCollection.nbFields = static_cast<int32_t>(mFields.size());
         mCollection.fields = mFields.data();
         return &mCollection;
@@ -401,18 +414,22 @@ IPluginRegistry* loaded_plugin_registry() {
 }
 
 struct RegisterAtLoad {
-    RegisterAtLoad() {
+    RegisterAtLoad() noexcept {
         char const* off = std::getenv("MASKRT_TRT_NO_AUTOREGISTER");
         if (off != nullptr && off[0] != '\0' && off[0] != '0') return;
         IPluginRegistry* registry = loaded_plugin_registry();
         if (registry == nullptr) return;  // no TensorRT yet: getCreators() will serve the loader
-        int32_t n = 0;
-        IPluginCreatorInterface* const* creators = creator_list(n);
-        bool all = true;
-        for (int32_t i = 0; i < n; ++i) {
-            all = registry->registerCreator(*creators[i], MASKRT_PLUGIN_NAMESPACE) && all;
+        try {  // an exception here would abort the process inside dlopen
+            int32_t n = 0;
+            IPluginCreatorInterface* const* creators = creator_list(n);
+            bool all = true;
+            for (int32_t i = 0; i < n; ++i) {
+                all = registry->registerCreator(*creators[i], MASKRT_PLUGIN_NAMESPACE) && all;
+            }
+            g_registered_at_load = all;
+        } catch (std::exception const& e) {
+            log_error(std::string("registering the creators failed: ") + e.what());
         }
-        g_registered_at_load = all;
     }
 } const g_register_at_load;
 #endif
@@ -424,9 +441,15 @@ extern "C" {
 MASKRT_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { g_logger_finder = finder; }
 
 MASKRT_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
-    nvinfer1::IPluginCreatorInterface* const* creators = creator_list(nbCreators);
-    if (g_registered_at_load) nbCreators = 0;  // already in the registry (see above)
-    return creators;
+    try {  // the creators are made on first use; nothing may throw across the C ABI
+        nvinfer1::IPluginCreatorInterface* const* creators = creator_list(nbCreators);
+        if (g_registered_at_load) nbCreators = 0;  // already in the registry (see above)
+        return creators;
+    } catch (std::exception const& e) {
+        log_error(std::string("making the creators failed: ") + e.what());
+        nbCreators = 0;
+        return nullptr;
+    }
 }
 
 }  // extern "C"
