@@ -110,6 +110,9 @@ def test_onnxruntime_backend_refuses_foreign_graphs(tmp_path: Path) -> None:
         load_predictor(tmp_path / "junk.onnx")
     with pytest.raises(MaskrtError, match="does not exist"):
         load_predictor(tmp_path / "missing.onnx")
+    onnx.save(fake_deploy_graph(spec), tmp_path / "good.onnx")
+    with pytest.raises(MaskrtError, match="optimization level 'fast'"):
+        load_predictor(tmp_path / "good.onnx", optimization="fast")
 
 
 def test_tensorrt_backend_without_tensorrt(tmp_path: Path) -> None:
