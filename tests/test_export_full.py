@@ -102,7 +102,10 @@ def test_full_size_matches_torchvision(arch: str) -> None:
     assert res.num_reference > 0
     assert res.unmatched <= 0.05 * res.num_reference, res
     assert res.mask_err <= MASK_TOL, res
-    assert res.keypoint_err <= 1e-3, res
+    # Keypoint logits reach ~48 on this model: the boxes' scale-relative rule, applied to them
+    # (measured 7.8e-4 at max |logit| 47.7, 1.6e-5 of it; ORT 1.31.1 and 1.32.0 alike).
+    logit_scale = 0.0 if ref.keypoint_logits is None else float(np.abs(ref.keypoint_logits).max())
+    assert res.keypoint_err <= 1e-3 + BOX_RTOL * logit_scale, res
     if spec.has_keypoints:
         shape = graph[contract.OUTPUT_KEYPOINT_LOGITS].shape
         assert shape == (1, spec.box_detections_per_img, spec.num_keypoints, 56, 56)
