@@ -71,6 +71,11 @@ def test_tensorrt_plugin_builds(tmp_path: Path) -> None:
     lib.getCreators.argtypes = [ctypes.POINTER(ctypes.c_int32)]
     n = ctypes.c_int32(0)
     assert lib.getCreators(ctypes.byref(n)) and n.value == 2
+    # the V2-era entry point TensorRT 10.0 may look for lists no creator (ours are V3)
+    lib.getPluginCreators.restype = ctypes.c_void_p
+    lib.getPluginCreators.argtypes = [ctypes.POINTER(ctypes.c_int32)]
+    n = ctypes.c_int32(-1)
+    assert lib.getPluginCreators(ctypes.byref(n)) and n.value == 0
     assert hasattr(lib, "setLoggerFinder")
     # the plugin names in the binary are the contract's
     blob = lib_path.read_bytes()

@@ -376,7 +376,7 @@ private:
 //
 // Two ways in, so that every loader works:
 //  * getCreators()/setLoggerFinder(): TensorRT's dynamic plugin loading (IPluginRegistry::
-//    loadLibrary, trtexec --dynamicPlugins).
+//    loadLibrary, trtexec --dynamicPlugins); getPluginCreators() (empty) for TensorRT 10.0's.
 //  * registration while the library is being loaded, when libnvinfer is already in the process:
 //    loaders that only dlopen the library (Polygraphy --plugins, ctypes.CDLL, trtexec
 //    --staticPlugins). getCreators() then lists nothing, so that no creator is registered twice.
@@ -439,6 +439,15 @@ struct RegisterAtLoad {
 extern "C" {
 
 MASKRT_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { g_logger_finder = finder; }
+
+// TensorRT 10.0's library loader may also look for this V2-era entry point (NVIDIA's own 10.0
+// plugin library exports it beside getCreators; 10.1 dropped it). It lists IPluginCreator (V2)
+// creators only, and these plugins are V3: an empty list, never the V3 creators.
+MASKRT_API nvinfer1::IPluginCreatorInterface* const* getPluginCreators(int32_t& nbCreators) {
+    static nvinfer1::IPluginCreatorInterface* const none[1] = {nullptr};
+    nbCreators = 0;
+    return none;
+}
 
 MASKRT_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     try {  // the creators are made on first use; nothing may throw across the C ABI
