@@ -123,6 +123,8 @@ def _declare(lib: ctypes.CDLL, name: str) -> None:
         lib.maskrt_roialign_cuda_single.argtypes = [
             _i, _p, _i, _i, _i, _i, _p, _p, _i, _i, _p, _i, _i, _i, _f, _i, _p,
         ]  # fmt: skip
+        lib.maskrt_roialign_cuda_half_to_float.restype = _i
+        lib.maskrt_roialign_cuda_half_to_float.argtypes = [_p, _p, ctypes.c_longlong, _p]
 
 
 def check(rc: int, what: str) -> None:

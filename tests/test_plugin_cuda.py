@@ -117,3 +117,14 @@ def test_single_level_matches_torchvision_roi_align() -> None:
     torch.testing.assert_close(ours, ref, rtol=0, atol=FP32_TOL)  # not measured: no GPU yet
     ours32 = roi_align_single_cuda(x, boxes, idx.int(), fields)
     torch.testing.assert_close(ours32, ref, rtol=0, atol=FP32_TOL)
+
+
+def test_half_to_float_launcher_converts_fp16_rois() -> None:
+    """The single-level TensorRT plugin converts FP16 RoIs with this launcher before pooling."""
+    src = (torch.rand(4 * 1001, device="cuda") * 800).half()
+    dst = torch.full(src.shape, -1.0, device="cuda")
+    lib = _library.load(_library.CUDA)
+    rc = lib.maskrt_roialign_cuda_half_to_float(src.data_ptr(), dst.data_ptr(), src.numel(), None)
+    assert rc == 0
+    torch.cuda.synchronize()
+    assert torch.equal(dst, src.float())  # exact: every FP16 value is a float32 value

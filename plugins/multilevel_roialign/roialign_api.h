@@ -83,6 +83,11 @@ MASKRT_API int maskrt_roialign_cuda_single(int dtype, void const* x, int batch, 
     int num_rois, void* output, int output_height, int output_width, int sampling_ratio,
     float spatial_scale, int aligned, void* stream);
 
+/* dst[i] = (float)src[i] for n IEEE binary16 values (device pointers): FP16 RoIs become the
+ * float32 RoIs the launchers take. One launch on `stream`; asynchronous. */
+MASKRT_API int maskrt_roialign_cuda_half_to_float(void const* src, float* dst, long long n,
+    void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -101,6 +101,14 @@ __global__ void __launch_bounds__(kThreads) single_kernel(T const* x, int batch,
     pool_roi(image, channels, height, width, s, output_height, output_width, out);
 }
 
+__global__ void half_to_float_kernel(__half const* src, float* dst, long long n) {
+    long long const stride = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
+         i += stride) {
+        dst[i] = __half2float(src[i]);
+    }
+}
+
 int launch_status() {
     return cudaGetLastError() == cudaSuccess ? MASKRT_ROIALIGN_OK : MASKRT_ROIALIGN_ECUDA;
 }
@@ -169,6 +177,17 @@ MASKRT_API int maskrt_roialign_cuda_single(int dtype, void const* x, int batch, 
         MASKRT_LAUNCH_SINGLE(__half, int);
     }
 #undef MASKRT_LAUNCH_SINGLE
+    return launch_status();
+}
+
+MASKRT_API int maskrt_roialign_cuda_half_to_float(void const* src, float* dst, long long n,
+    void* stream) {
+    if (n < 0) return MASKRT_ROIALIGN_EINVAL;
+    if (n == 0) return MASKRT_ROIALIGN_OK;
+    long long const wanted = (n + kThreads - 1) / kThreads;
+    unsigned const blocks = static_cast<unsigned>(wanted < 4096 ? wanted : 4096);
+    half_to_float_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<__half const*>(src), dst, n);
     return launch_status();
 }
 

@@ -317,18 +317,36 @@ public:
         if (d.format != TensorFormat::kLINEAR) return false;
         switch (pos) {
             case 0: return is_float_linear(d);
-            case 1: return d.type == DataType::kFLOAT;
+            case 1: return is_float_linear(d);  // FP16 RoIs (other exporters) pool in FP32
             case 2: return d.type == DataType::kINT32 || d.type == DataType::kINT64;
             default: return d.type == inOut[0].desc.type;
         }
     }
 
+    //! FP16 RoIs are converted to FP32 into the workspace before pooling.
+    size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                            DynamicPluginTensorDesc const*, int32_t) const noexcept override {
+        if (nbInputs != 3 || inputs[1].desc.type != DataType::kHALF || inputs[1].max.d[0] < 0) return 0;
+        return static_cast<size_t>(inputs[1].max.d[0]) * 4 * sizeof(float);
+    }
+
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
-                    void* const* outputs, void*, cudaStream_t stream) noexcept override {
+                    void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
         Dims const& x = inputDesc[0].dims;
+        auto const num_rois = static_cast<long long>(inputDesc[1].dims.d[0]);
+        auto const* rois = static_cast<float const*>(inputs[1]);
+        if (inputDesc[1].type == DataType::kHALF) {
+            auto* converted = static_cast<float*>(workspace);
+            int const rc = maskrt_roialign_cuda_half_to_float(inputs[1], converted, 4 * num_rois, stream);
+            if (rc != MASKRT_ROIALIGN_OK) {
+                log_error(maskrt_roialign_error_text(rc));
+                return -1;
+            }
+            rois = converted;
+        }
         int const rc = maskrt_roialign_cuda_single(dtype_code(inputDesc[0].type), inputs[0],
             static_cast<int>(x.d[0]), static_cast<int>(x.d[1]), static_cast<int>(x.d[2]),
-            static_cast<int>(x.d[3]), static_cast<float const*>(inputs[1]), inputs[2],
+            static_cast<int>(x.d[3]), rois, inputs[2],
             inputDesc[2].type == DataType::kINT64 ? 1 : 0, static_cast<int>(inputDesc[1].dims.d[0]),
             outputs[0], mParams.output_height, mParams.output_width, mParams.sampling_ratio,
             mParams.spatial_scale, mParams.aligned, stream);
