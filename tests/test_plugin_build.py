@@ -7,6 +7,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,74 @@ def test_cpu_only_configuration_builds(tmp_path: Path) -> None:
     assert "CUDA RoIAlign kernels: disabled" in log
     assert "TensorRT plugin: skipped" in log or "NvInfer.h not found" in log
     assert (tmp_path / "plugins" / "libmaskrt_roialign_cpu.so").is_file()
+
+
+_ROUTE = """
+import ctypes, os, sys
+standin = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)  # "libnvinfer" is in the process
+standin.standin_load_library.restype = ctypes.c_void_p
+standin.standin_load_library.argtypes = [ctypes.c_char_p]
+route, plugin = sys.argv[2], sys.argv[3]
+if route == "dlopen":  # ctypes.CDLL, polygraphy --plugins, trtexec --staticPlugins
+    ctypes.CDLL(plugin)
+    handle = None
+else:  # IPluginRegistry::loadLibrary (registry.load_library, trtexec --dynamicPlugins)
+    handle = standin.standin_load_library(plugin.encode())
+print(standin.standin_registered(), standin.standin_duplicate_attempts(), bool(handle))
+if handle:  # deregisterLibrary removes what loadLibrary registered: here, both creators
+    standin.standin_deregister_library.argtypes = [ctypes.c_void_p]
+    standin.standin_deregister_library(handle)
+    print(standin.standin_registered())
+"""
+
+
+@pytest.mark.slow  # ~10 s: builds the plugin and the stand-in against the TensorRT headers
+@pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
+@pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)")
+@pytest.mark.skipif(
+    not (TRT_INCLUDE / "NvInfer.h").is_file(),
+    reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
+)
+@pytest.mark.parametrize(
+    ("route", "env", "expected"),
+    [
+        # registered while being opened
+        ("dlopen", {}, ["2 0 False"]),
+        # taken back by getCreators and registered once by the loader, which then owns them
+        ("loadLibrary", {}, ["2 0 True", "0"]),
+        ("dlopen", {"MASKRT_TRT_NO_AUTOREGISTER": "1"}, ["0 0 False"]),
+        ("loadLibrary", {"MASKRT_TRT_NO_AUTOREGISTER": "1"}, ["2 0 True", "0"]),
+    ],
+)
+def test_registration_routes_through_a_standin_libnvinfer(
+    tmp_path_factory: pytest.TempPathFactory, route: str, env: dict[str, str], expected: list[str]
+) -> None:
+    """Each way of loading registers both creators exactly once (no duplicate registration
+    attempted, and the loader's handle is valid). Not a TensorRT run: libnvinfer is a stand-in
+    written here (tests/native/standin_nvinfer.cpp) that implements TensorRT's IPluginRegistry
+    header interface and its documented loadLibrary; the plugin library is the real one."""
+    build = tmp_path_factory.getbasetemp() / "registration-build"
+    if not list((build / "standin").glob("libnvinfer.so.*")):
+        _configure_and_build(
+            build, "maskrt_roialign_trt", f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}",
+            "-DCMAKE_CUDA_ARCHITECTURES=75", "-DMASKRT_BUILD_TESTS=ON",
+        )  # fmt: skip
+        built = subprocess.run(
+            [CMAKE, "--build", str(build), "--target", "maskrt_standin_nvinfer"],
+            capture_output=True,
+            text=True,
+        )
+        assert built.returncode == 0, built.stdout + built.stderr
+    (standin,) = (build / "standin").glob("libnvinfer.so.*")
+    plugin = build / "plugins" / "libmaskrt_roialign_trt.so"
+    child = subprocess.run(
+        [sys.executable, "-c", _ROUTE, str(standin), route, str(plugin)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MASKRT_TRT_NO_AUTOREGISTER": "", **env},
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    # registered creators, duplicate registrations attempted, loader handle valid; after
+    # deregisterLibrary: registered creators
+    assert child.stdout.splitlines() == expected, child.stdout + child.stderr

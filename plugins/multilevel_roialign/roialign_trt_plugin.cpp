@@ -392,13 +392,18 @@ private:
 
 // --- library entry points ----------------------------------------------------------------------
 //
-// Two ways in, so that every loader works:
-//  * getCreators()/setLoggerFinder(): TensorRT's dynamic plugin loading (IPluginRegistry::
-//    loadLibrary, trtexec --dynamicPlugins); getPluginCreators() (empty) for TensorRT 10.0's.
-//  * registration while the library is being loaded, when libnvinfer is already in the process:
-//    loaders that only dlopen the library (Polygraphy --plugins, ctypes.CDLL, trtexec
-//    --staticPlugins). getCreators() then lists nothing, so that no creator is registered twice.
-//    MASKRT_TRT_NO_AUTOREGISTER=1 turns this off.
+// One registration per way of loading, never two:
+//  * IPluginRegistry::loadLibrary (Python registry.load_library, trtexec --dynamicPlugins) calls
+//    getCreators() and registers what it returns. It fails if any of them is registered already,
+//    so when the library registered itself while being opened (next point; libnvinfer is always
+//    in the process by then), getCreators() first takes those registrations back and hands both
+//    creators to TensorRT: registered once, by TensorRT, and loadLibrary returns its handle.
+//  * loaders that only dlopen the library after libnvinfer (ctypes.CDLL, polygraphy --plugins,
+//    trtexec --staticPlugins) never call getCreators(): the library registers both creators with
+//    getPluginRegistry() while it is being opened. MASKRT_TRT_NO_AUTOREGISTER=1 turns this off.
+//  * opened before libnvinfer (LD_PRELOAD): there is no registry yet and nothing registers; use
+//    one of the routes above.
+//  * getPluginCreators(): TensorRT 10.0's loader may look for it; it lists no creator.
 
 namespace {
 
@@ -412,7 +417,29 @@ IPluginCreatorInterface* const* creator_list(int32_t& count) {
     return creators;
 }
 
-bool g_registered_at_load = false;
+bool g_registered_at_load = false;  // both creators registered while the library was opened
+
+//! Registers all n creators or, when one is refused, none (undoes the ones before it).
+bool register_all(IPluginRegistry& registry, IPluginCreatorInterface* const* creators, int32_t n) {
+    for (int32_t i = 0; i < n; ++i) {
+        if (!registry.registerCreator(*creators[i], MASKRT_PLUGIN_NAMESPACE)) {
+            for (int32_t j = 0; j < i; ++j) registry.deregisterCreator(*creators[j]);
+            return false;
+        }
+    }
+    return true;
+}
+
+//! Deregisters all n creators or, when one is refused, none (registers the ones before it again).
+bool deregister_all(IPluginRegistry& registry, IPluginCreatorInterface* const* creators, int32_t n) {
+    for (int32_t i = 0; i < n; ++i) {
+        if (!registry.deregisterCreator(*creators[i])) {
+            for (int32_t j = 0; j < i; ++j) registry.registerCreator(*creators[j], MASKRT_PLUGIN_NAMESPACE);
+            return false;
+        }
+    }
+    return true;
+}
 
 #if defined(__linux__)
 //! getPluginRegistry() of the libnvinfer already loaded in this process, or null. RTLD_NOLOAD
@@ -440,11 +467,7 @@ struct RegisterAtLoad {
         try {  // an exception here would abort the process inside dlopen
             int32_t n = 0;
             IPluginCreatorInterface* const* creators = creator_list(n);
-            bool all = true;
-            for (int32_t i = 0; i < n; ++i) {
-                all = registry->registerCreator(*creators[i], MASKRT_PLUGIN_NAMESPACE) && all;
-            }
-            g_registered_at_load = all;
+            g_registered_at_load = register_all(*registry, creators, n);
         } catch (std::exception const& e) {
             log_error(std::string("registering the creators failed: ") + e.what());
         }
@@ -470,7 +493,18 @@ MASKRT_API nvinfer1::IPluginCreatorInterface* const* getPluginCreators(int32_t& 
 MASKRT_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     try {  // the creators are made on first use; nothing may throw across the C ABI
         nvinfer1::IPluginCreatorInterface* const* creators = creator_list(nbCreators);
-        if (g_registered_at_load) nbCreators = 0;  // already in the registry (see above)
+#if defined(__linux__)
+        if (g_registered_at_load) {  // take the load-time registrations back (see above)
+            nvinfer1::IPluginRegistry* registry = loaded_plugin_registry();
+            if (registry == nullptr || !deregister_all(*registry, creators, nbCreators)) {
+                // keep what is registered rather than have it registered twice
+                log_error("could not take back the load-time registration; getCreators lists none");
+                nbCreators = 0;
+                return creators;
+            }
+            g_registered_at_load = false;
+        }
+#endif
         return creators;
     } catch (std::exception const& e) {
         log_error(std::string("making the creators failed: ") + e.what());

@@ -76,9 +76,19 @@ _loaded: set[str] = set()
 def load_plugins() -> Path | None:
     """Register maskrt's plugin creators with TensorRT, once per process.
 
-    The library lists its creators through ``getCreators`` (IPluginRegistry::loadLibrary), so
-    it is loaded through the plugin registry rather than with ctypes.
+    Through the plugin registry (``IPluginRegistry::loadLibrary``, which calls the library's
+    ``getCreators``), then checked: both creators must be in the registry afterwards, or this
+    raises naming the library (``load_library`` returns None on failure and TensorRT would
+    otherwise only say "plugin not found" at the first plugin node).
     """
+    from maskrt.plugins.contract import (
+        PLUGIN_NAME,
+        PLUGIN_NAMESPACE,
+        PLUGIN_VERSION,
+        SINGLE_PLUGIN_NAME,
+        SINGLE_PLUGIN_VERSION,
+    )
+
     lib = plugin_library()
     if lib is None:
         return None
@@ -86,7 +96,21 @@ def load_plugins() -> Path | None:
     if key not in _loaded:
         mod = tensorrt()
         registry: trt.IPluginRegistry = mod.get_plugin_registry()
-        registry.load_library(key)
+        handle = registry.load_library(key)
+        missing = [
+            f"{name} v{version}"
+            for name, version in (
+                (PLUGIN_NAME, PLUGIN_VERSION),
+                (SINGLE_PLUGIN_NAME, SINGLE_PLUGIN_VERSION),
+            )
+            if registry.get_creator(name, version, PLUGIN_NAMESPACE) is None
+        ]
+        if missing:
+            how = "load_library returned None" if handle is None else "the library loaded"
+            raise MaskrtError(
+                f"TensorRT did not register {', '.join(missing)} from {key} ({how}; see the "
+                "TensorRT log above); see plugins/multilevel_roialign/README.md"
+            )
         _loaded.add(key)
     return lib
 
