@@ -179,13 +179,50 @@ if handle:  # deregisterLibrary removes what loadLibrary registered: here, both 
 """
 
 
-@pytest.mark.slow  # ~10 s: builds the plugin and the stand-in against the TensorRT headers
-@pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
-@pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)")
-@pytest.mark.skipif(
-    not (TRT_INCLUDE / "NvInfer.h").is_file(),
-    reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
-)
+_TRT_HEADERS_SKIP = (
+    "cmake not found" if not HAS_CMAKE
+    else "nvcc not found (the TensorRT plugin needs CUDA)" if not HAS_NVCC
+    else None if (TRT_INCLUDE / "NvInfer.h").is_file()
+    else f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)"
+)  # fmt: skip
+needs_trt_headers = pytest.mark.skipif(_TRT_HEADERS_SKIP is not None, reason=str(_TRT_HEADERS_SKIP))
+
+
+@pytest.fixture(scope="module")
+def native_test_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugin library and the test-only targets of tests/native, built once."""
+    build = tmp_path_factory.mktemp("native-tests")
+    _configure_and_build(
+        build, "maskrt_roialign_trt", f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}",
+        "-DCMAKE_CUDA_ARCHITECTURES=75", "-DMASKRT_BUILD_TESTS=ON",
+    )  # fmt: skip
+    built = subprocess.run(
+        [CMAKE, "--build", str(build), "--target", "maskrt_standin_nvinfer",
+         "maskrt_plugin_interface_test", "-j", "2"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    return build
+
+
+@pytest.mark.slow  # with the fixture: ~10 s to build the plugin and the test programs
+@needs_trt_headers
+def test_plugin_methods_through_tensorrt_header_interfaces(native_test_build: Path) -> None:
+    """The plugin's own methods through TensorRT's header interfaces, NOT a TensorRT run:
+    tests/native/plugin_interface_test.cpp calls createPlugin (parser-typed fields),
+    getOutputShapes (an IExprBuilder on TensorRT's apiv interfaces), getOutputDataTypes, the
+    supportsFormatCombination table, getWorkspaceSize, the serialisation round trip, clone,
+    attachToContext and bad fields on the real library. Everything but enqueue()."""
+    program = native_test_build / "standin" / "maskrt_plugin_interface_test"
+    plugin = native_test_build / "plugins" / "libmaskrt_roialign_trt.so"
+    run = subprocess.run([str(program), str(plugin)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "checks passed" in run.stdout and "FAIL" not in run.stdout
+
+
+@pytest.mark.slow
+@needs_trt_headers
 @pytest.mark.parametrize(
     ("route", "env", "expected"),
     [
@@ -198,24 +235,13 @@ if handle:  # deregisterLibrary removes what loadLibrary registered: here, both 
     ],
 )
 def test_registration_routes_through_a_standin_libnvinfer(
-    tmp_path_factory: pytest.TempPathFactory, route: str, env: dict[str, str], expected: list[str]
+    native_test_build: Path, route: str, env: dict[str, str], expected: list[str]
 ) -> None:
     """Each way of loading registers both creators exactly once (no duplicate registration
     attempted, and the loader's handle is valid). Not a TensorRT run: libnvinfer is a stand-in
     written here (tests/native/standin_nvinfer.cpp) that implements TensorRT's IPluginRegistry
     header interface and its documented loadLibrary; the plugin library is the real one."""
-    build = tmp_path_factory.getbasetemp() / "registration-build"
-    if not list((build / "standin").glob("libnvinfer.so.*")):
-        _configure_and_build(
-            build, "maskrt_roialign_trt", f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}",
-            "-DCMAKE_CUDA_ARCHITECTURES=75", "-DMASKRT_BUILD_TESTS=ON",
-        )  # fmt: skip
-        built = subprocess.run(
-            [CMAKE, "--build", str(build), "--target", "maskrt_standin_nvinfer"],
-            capture_output=True,
-            text=True,
-        )
-        assert built.returncode == 0, built.stdout + built.stderr
+    build = native_test_build
     (standin,) = (build / "standin").glob("libnvinfer.so.*")
     plugin = build / "plugins" / "libmaskrt_roialign_trt.so"
     child = subprocess.run(

@@ -101,6 +101,8 @@ struct MultilevelParams {
         for (float s : p.spatial_scales) {
             if (!(s > 0.0f)) throw std::invalid_argument("spatial_scales must be > 0");
         }
+        // the level of a box divides by it (torchvision's LevelMapper)
+        if (p.canonical_scale < 1) throw std::invalid_argument("canonical_scale must be >= 1");
         return p;
     }
 
@@ -135,6 +137,7 @@ struct SingleParams {
             else if (is(f, MASKRT_SINGLE_FIELD_ALIGNED)) p.aligned = field_int(f);
         }
         if (p.output_height < 1 || p.output_width < 1) throw std::invalid_argument("output size must be >= 1");
+        if (!(p.spatial_scale > 0.0f)) throw std::invalid_argument("spatial_scale must be > 0");
         return p;
     }
 
