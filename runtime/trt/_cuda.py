@@ -38,10 +38,13 @@ def driver() -> Any:
                 raise MaskrtError(
                     "pycuda is not installed; install maskrt[trt] on a machine with TensorRT"
                 ) from None
-            cuda.init()
-            if cuda.Device.count() < 1:
-                raise MaskrtError("no CUDA GPU is visible")
-            _context = cuda.Device(0).retain_primary_context()
+            try:
+                cuda.init()
+                if cuda.Device.count() < 1:
+                    raise MaskrtError("no CUDA GPU is visible")
+                _context = cuda.Device(0).retain_primary_context()
+            except cuda.Error as e:  # pycuda's base error: cuInit fails without a driver/GPU
+                raise MaskrtError(f"CUDA is not usable here ({e}); TensorRT needs a GPU") from None
             _driver = cuda
     return _driver
 
