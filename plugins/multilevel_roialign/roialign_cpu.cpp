@@ -49,20 +49,16 @@ int parallel_chunks(int64_t n, int num_threads, F body) {
     };
     std::vector<std::thread> pool;
     int64_t const chunk = (n + threads - 1) / threads;
-    int64_t inline_from = n;  // chunks from here on run on the calling thread
     try {
         pool.reserve(static_cast<size_t>(threads));
-        for (int t = 1; t < threads; ++t) {  // chunk 0 runs on the calling thread
-            int64_t const b = t * chunk;
-            if (b >= n) break;
-            pool.emplace_back(guarded, b, std::min(n, b + chunk));
-            inline_from = std::min(n, b + chunk);
+        for (int64_t b = chunk; b < n && pool.size() + 1 < static_cast<size_t>(threads); b += chunk) {
+            pool.emplace_back(guarded, b, std::min(n, b + chunk));  // chunks 1, 2, ...
         }
-    } catch (...) {  // no thread for this chunk (resources): do it here
-        inline_from = chunk * static_cast<int64_t>(pool.size() + 1);
+    } catch (...) {  // a thread could not be started: its chunks run below, on this thread
     }
     guarded(0, std::min(n, chunk));
-    if (inline_from < n) guarded(inline_from, n);
+    int64_t const started_to = chunk * static_cast<int64_t>(pool.size() + 1);
+    if (started_to < n) guarded(started_to, n);
     for (auto& th : pool) th.join();
     return error.load();
 }

@@ -117,6 +117,14 @@ DynamicPluginTensorDesc desc(DataType type, int32_t rank, TensorFormat format = 
     return d;
 }
 
+//! Whether the plugin accepts every position of this input/output description.
+bool all_supported(IPluginV3OneBuild* build, DynamicPluginTensorDesc const* io, int32_t nbInputs) {
+    for (int32_t pos = 0; pos <= nbInputs; ++pos) {
+        if (!build->supportsFormatCombination(pos, io, nbInputs, 1)) return false;
+    }
+    return true;
+}
+
 template <typename T>
 T* capability(IPluginV3* plugin, PluginCapabilityType type) {
     return static_cast<T*>(plugin->getCapabilityInterface(type));
@@ -195,12 +203,7 @@ void multilevel(GetCreators get) {
         io[4] = desc(rois, 3);
         io[5] = desc(output, 5);
     };
-    auto all_ok = [&]() {
-        for (int32_t pos = 0; pos < 6; ++pos) {
-            if (!build->supportsFormatCombination(pos, io, 5, 1)) return false;
-        }
-        return true;
-    };
+    auto all_ok = [&]() { return all_supported(build, io, 5); };
     fill(DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT);
     check(all_ok(), "multilevel: FP32 features, FP32 rois, FP32 out");
     fill(DataType::kHALF, DataType::kFLOAT, DataType::kHALF);
@@ -302,12 +305,7 @@ void single(GetCreators get) {
         io[2] = desc(idx, 1);
         io[3] = desc(x, 4);
     };
-    auto all_ok = [&]() {
-        for (int32_t pos = 0; pos < 4; ++pos) {
-            if (!build->supportsFormatCombination(pos, io, 3, 1)) return false;
-        }
-        return true;
-    };
+    auto all_ok = [&]() { return all_supported(build, io, 3); };
     for (DataType x : {DataType::kFLOAT, DataType::kHALF}) {
         for (DataType rois : {DataType::kFLOAT, DataType::kHALF}) {
             for (DataType idx : {DataType::kINT32, DataType::kINT64}) {
