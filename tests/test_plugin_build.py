@@ -123,6 +123,43 @@ def test_configure_reads_the_tensorrt_version(
     assert ("needs TensorRT 10 or newer" in line) == expected.startswith("TensorRT 8.")
 
 
+@pytest.mark.skipif(not (HAS_CMAKE and HAS_NVCC), reason="cmake or nvcc not found")
+def test_configure_compares_tensorrt_and_cuda_majors(tmp_path: Path) -> None:
+    """A TensorRT built for another CUDA major gets a CMake warning naming both versions.
+    Stand-in headers (version lines only) in folders named as TensorRT's tar package names them;
+    the toolkit here is CUDA 13. One build folder, reconfigured per case (~15 s in all)."""
+    cases = [
+        ("TensorRT-10.3.0.26.Linux.x86_64-gnu.cuda-12.5", "", "built for CUDA 12.5"),
+        ("TensorRT-11.1.0.1.Linux.x86_64-gnu.cuda-13.0", "", "CUDA version: 13.0"),
+        ("trt", "12.6", "built for CUDA 12.6"),
+        ("trt", "", "CUDA version: unknown"),
+    ]
+    for folder, cuda_version, expected in cases:
+        include = tmp_path / folder / "include"
+        include.mkdir(parents=True, exist_ok=True)
+        (include / "NvInfer.h").write_text("// stand-in: only its presence is looked for\n")
+        (include / "NvInferVersion.h").write_text(
+            "#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 3\n"
+        )
+        configure = subprocess.run(
+            [
+                CMAKE,
+                "-S",
+                str(ROOT),
+                "-B",
+                str(tmp_path / "build"),
+                f"-DTensorRT_INCLUDE_DIR={include}",
+                f"-DTensorRT_CUDA_VERSION={cuda_version}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert configure.returncode == 0, configure.stdout + configure.stderr
+        log = configure.stdout + configure.stderr
+        assert expected in log, (folder, log)
+        assert ("CMake Warning" in log) == ("built for CUDA 12" in expected), (folder, log)
+
+
 @pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found")
 def test_cuda_kernel_compiles_with_nvcc(tmp_path: Path) -> None:
     result = subprocess.run(

@@ -1,1 +1,0 @@
-"""Datasets maskrt makes or reads (COCO format)."""
