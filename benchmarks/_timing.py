@@ -49,7 +49,7 @@ def time_calls(fn: Callable[[], Any], device: str, reps: int, warmup: int) -> li
 def machine_header() -> str:
     """Where the figures are taken (CPU and its SIMD features, versions, commit; the GPU if any),
     as one line for the top of a report."""
-    from maskrt.bench import machine_facts, machine_line
+    from maskrt.machine import machine_facts, machine_line
 
     line = machine_line(machine_facts())
     if torch.cuda.is_available():

@@ -38,7 +38,7 @@ from _timing import TimingRow, machine_header, time_calls
 from torch import Tensor
 
 from maskrt.export import DeployModel, RoIAlignFn, RoIAlignUnit
-from maskrt.plugins import MultiLevelRoIAlignFields, multilevel_roi_align, multilevel_roi_align_cuda
+from maskrt.plugins import multilevel_roi_align, multilevel_roi_align_cuda
 from maskrt.specs import build_model, default_spec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -57,10 +57,10 @@ def maskrt_roi_align(device: str) -> RoIAlignFn:
     """A deploy-model RoIAlign that calls maskrt's kernel (CUDA) or CPU library."""
 
     def pool(features: list[Tensor], rois: Tensor, unit: RoIAlignUnit) -> Tensor:
-        fields = MultiLevelRoIAlignFields(**unit.attributes())  # type: ignore[arg-type]
+        # a unit's constants are the plugin's fields (one type)
         if device == "cuda":
-            return multilevel_roi_align_cuda(features, rois, fields)
-        out = multilevel_roi_align([f.numpy() for f in features], rois.numpy(), fields)
+            return multilevel_roi_align_cuda(features, rois, unit)
+        out = multilevel_roi_align([f.numpy() for f in features], rois.numpy(), unit)
         return torch.from_numpy(out)
 
     return pool

@@ -23,11 +23,11 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from maskrt.onnxio import load_onnx, save_onnx
+
 from .graphs import (
     check_precision,
-    load_graph,
     remove_dead_nodes,
-    save_graph,
     set_precision,
     toposort,
 )
@@ -244,7 +244,7 @@ def calibrate_fp16(
     force: bool = False,
 ) -> Fp16Summary:
     """Read the FP32 deploy graph ``src``, write its FP16 version to ``dst`` (atomically)."""
-    model = load_graph(src)
+    model = load_onnx(src, deploy_graph=True)
     fp16, summary = convert_with_summary(model, keep_io_types=keep_io_types)
-    save_graph(fp16, dst, force=force)
+    save_onnx(fp16, dst, force=force)
     return dataclasses.replace(summary, path=Path(dst))

@@ -1,43 +1,12 @@
-"""Loading, checking, ordering and saving the deploy graphs that calibration reads and writes."""
+"""Checking and ordering the deploy graphs calibration rewrites (files: :mod:`maskrt.onnxio`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import onnx
-from onnx import helper
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
-from maskrt.fileio import atomic_path, check_writable
-
-# ONNX Runtime 1.31 reads IR <= 13; the exporter writes 10 and the tools keep what they read.
-MAX_IR_VERSION = 10
-
-
-def load_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """A maskrt deploy graph from ``path``, with a one-line error for anything else."""
-    p = Path(path)
-    if not p.is_file():
-        raise MaskrtError(f"{p} does not exist")
-    try:
-        model = onnx.load(os.fspath(p))
-    except Exception as e:  # protobuf raises DecodeError and others for a non-ONNX file
-        raise MaskrtError(f"{p} is not a readable ONNX model ({type(e).__name__})") from None
-    if contract.META_MODEL_SPEC not in metadata(model):
-        raise MaskrtError(f"{p} is not a maskrt deploy graph (no {contract.META_MODEL_SPEC})")
-    return model
-
-
-def metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def set_metadata(model: onnx.ModelProto, **values: str) -> None:
-    meta = metadata(model)
-    meta.update(values)
-    helper.set_model_props(model, meta)
+from maskrt.onnxio import metadata, set_metadata
 
 
 def check_precision(model: onnx.ModelProto, wanted: str) -> None:
@@ -85,20 +54,3 @@ def remove_dead_nodes(model: onnx.ModelProto) -> None:
             return
         del g.node[:]
         g.node.extend(keep)
-
-
-def save_graph(model: onnx.ModelProto, path: str | os.PathLike[str], force: bool = False) -> Path:
-    """Check ``model`` (ONNX checker) and write it atomically; refuse to overwrite unless
-    ``force``."""
-    target = check_writable(path, force)
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION) or MAX_IR_VERSION
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        raise MaskrtError(
-            f"internal: the converted graph fails the ONNX checker: {first}"
-        ) from None
-    with atomic_path(target) as tmp:
-        onnx.save(model, os.fspath(tmp))
-    return target

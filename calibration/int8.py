@@ -42,14 +42,13 @@ import onnx
 from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.fileio import sha256_file
+from maskrt.onnxio import load_onnx, metadata, save_onnx, spec_from_metadata
 from maskrt.specs import ModelSpec
 
 from .cache import CacheKey, read_cache, write_cache
 from .graphs import (
     check_precision,
-    load_graph,
     remove_dead_nodes,
-    save_graph,
     set_precision,
 )
 from .regions import (
@@ -280,7 +279,7 @@ def quantize_with_ranges(model_path: Path, ranges: Any, nodes: list[str], method
             },
             calibration_cache_path=str(cache),
         )
-        return onnx.load(str(out))
+        return load_onnx(out)
 
 
 def activation_inputs(model: onnx.ModelProto, nodes: Sequence[str]) -> set[str]:
@@ -346,13 +345,10 @@ def quantize_to_int8(
     graph to ``dst``. ``cache`` (a JSON file) is reused when it matches the model, the images and
     the method, and rewritten otherwise."""
     from maskrt.fileio import check_writable
-    from maskrt.runtime.backends.onnxruntime_backend import spec_from_metadata
-
-    from .graphs import metadata
 
     _method(method)
     check_writable(dst, force)
-    model = load_graph(src)
+    model = load_onnx(src, deploy_graph=True)
     check_precision(model, "fp32")
     spec = spec_from_metadata(metadata(model), str(src))
     images = find_calibration_images(data, max_images, show_progress)
@@ -364,7 +360,7 @@ def quantize_to_int8(
     heads = roi_head_tensors(model, regions)
     with tempfile.TemporaryDirectory(prefix="maskrt-int8-") as tmp:
         named = Path(tmp) / "fp32.onnx"
-        onnx.save(model, str(named))
+        save_onnx(model, named)
         key = CacheKey(
             model_sha256=sha256_file(named),
             data_sha256=images.sha256,
@@ -390,6 +386,6 @@ def quantize_to_int8(
     keep_fp32_readers(quantized, set(nodes))
     _restore(quantized, model)
     set_precision(quantized, "int8")
-    save_graph(quantized, dst, force=True)  # dst was checked above
+    save_onnx(quantized, dst, force=True)  # dst was checked above
     q_nodes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
     return Int8Summary(Path(dst), method, len(images.paths), len(images.skipped), q_nodes, note)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import click
 
-from maskrt.specs import ARCHS
+from maskrt.cliargs import arch_option, force_option, output_option
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write."
-)
-@click.option(
-    "--arch", type=click.Choice(ARCHS), default=None, help="Architecture of a plain state_dict."
-)
+@output_option("ONNX file to write.")
+@arch_option
 @click.option("--batch", type=int, default=None, help="Fix the batch size (default: dynamic).")
 @click.option("--height", type=int, default=None, help="Fix the input height (multiple of 32).")
 @click.option("--width", type=int, default=None, help="Fix the input width (multiple of 32).")
@@ -25,7 +21,7 @@ from maskrt.specs import ARCHS
     help="Run the mask/keypoint heads only on detected rows: faster in ONNX Runtime; "
     "data-dependent shapes inside (outputs stay padded). Default: static, for TensorRT.",
 )
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@force_option
 def export_command(
     checkpoint: str,
     output: str,

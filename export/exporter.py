@@ -22,18 +22,18 @@ from tqdm import tqdm
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
-from maskrt.fileio import atomic_path, check_writable
+from maskrt.fileio import check_writable
+from maskrt.onnxio import IR_VERSION, save_onnx
+from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION, UNIT_OP_TYPE
 from maskrt.specs import ModelSpec
 
 from .deploy import DeployModel
 from .functions import multiscale_roi_align_function
-from .ops import DOMAIN, DOMAIN_VERSION, MULTISCALE_ROI_ALIGN
 from .tracing import trace_to_onnx
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode
 MAX_OPSET = 20  # the TorchScript-based exporter's newest
-IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13; 10 has everything we use
 FORBIDDEN_OPS = ("Loop", "If", "Scan")
 
 # Debug outputs (``with_proposals``), after the contract's: not part of the deploy contract.
@@ -65,7 +65,7 @@ class ExportSummary:
         lines += io(self.inputs)
         lines.append("outputs:")
         lines += io(self.outputs)
-        lines.append(f"RoIAlign units ({DOMAIN}::{MULTISCALE_ROI_ALIGN}):")
+        lines.append(f"RoIAlign units ({UNIT_DOMAIN}::{UNIT_OP_TYPE}):")
         for u in self.units:
             lines.append("  " + ", ".join(f"{k}={v}" for k, v in u.items()))
         lines.append("nodes by type:")
@@ -123,7 +123,7 @@ def _describe(vi: onnx.ValueInfoProto) -> tuple[str, str, tuple[str | int, ...]]
 
 def unit_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The RoIAlign unit nodes of a deploy graph, found structurally (domain + op type)."""
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == MULTISCALE_ROI_ALIGN]
+    return [n for n in model.graph.node if n.domain == UNIT_DOMAIN and n.op_type == UNIT_OP_TYPE]
 
 
 def verify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -210,8 +210,8 @@ def build_onnx(
     if len(num_levels) != 1:
         raise MaskrtError("internal: RoIAlign units with different numbers of feature levels")
     onnx_model.functions.append(multiscale_roi_align_function(num_levels.pop(), opset))
-    if not any(o.domain == DOMAIN for o in onnx_model.opset_import):
-        onnx_model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if not any(o.domain == UNIT_DOMAIN for o in onnx_model.opset_import):
+        onnx_model.opset_import.append(helper.make_opsetid(UNIT_DOMAIN, UNIT_DOMAIN_VERSION))
     onnx_model.ir_version = IR_VERSION
     _stamp_io(onnx_model, specs, fixed)
     onnx_model.producer_name = "maskrt"
@@ -282,7 +282,6 @@ def export_onnx(
             step=step,
         )
         step("write")
-        with atomic_path(target) as tmp:
-            onnx.save(onnx_model, str(tmp))
+        save_onnx(onnx_model, target, force=True)  # refused at the start unless force
         bar.update(1)
     return summarize(onnx_model, target, opset)

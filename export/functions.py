@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
-from .ops import DOMAIN, LEVEL_EPS, MULTISCALE_ROI_ALIGN
+from maskrt.plugins.contract import LEVEL_EPS, UNIT_DOMAIN, UNIT_OP_TYPE
 
 ATTRIBUTE_NAMES = (
     "output_size",
@@ -188,8 +188,8 @@ def multiscale_roi_align_function(num_levels: int, opset: int) -> FunctionProto:
     consts = [x for x in n if x.op_type == "Constant"]
     rest = [x for x in n if x.op_type != "Constant"]
     return helper.make_function(
-        DOMAIN,
-        MULTISCALE_ROI_ALIGN,
+        UNIT_DOMAIN,
+        UNIT_OP_TYPE,
         inputs=[*feats, "rois"],
         outputs=["pooled"],
         nodes=consts + rest,

@@ -2,7 +2,7 @@
 
 * :class:`MultiScaleRoIAlign` becomes one ``maskrt::MultiScaleRoIAlign`` node (defined by the model
   local function of :mod:`maskrt.export.functions`), so graph surgery finds each multi-level
-  RoIAlign unit by domain and op type.
+  RoIAlign unit by domain and op type (both from :mod:`maskrt.plugins.contract`).
 * :func:`batched_nms` becomes one standard ``NonMaxSuppression`` node over a batch of box sets and
   a set of classes per batch entry -- torchvision's per-class NMS without the coordinate offsets.
 
@@ -12,52 +12,22 @@ the same answers when run eagerly as the ONNX graph gives in ONNX Runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms, roi_align
 
-DOMAIN = "maskrt"
-DOMAIN_VERSION = 1
-MULTISCALE_ROI_ALIGN = "MultiScaleRoIAlign"
+from maskrt.plugins.contract import (
+    LEVEL_EPS,
+    UNIT_DOMAIN,
+    UNIT_OP_TYPE,
+    MultiLevelRoIAlignFields,
+)
 
-# torchvision's LevelMapper guards log2 against rounding at exact powers of two with this.
-LEVEL_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class RoIAlignUnit:
-    """The constants of one multi-level RoIAlign unit; the unit node's attributes.
-
-    The field names are the ONNX attribute names (shared with maskrt.plugins.contract's
-    ``MultiLevelRoIAlignFields``). ``spatial_scales`` holds one scale per feature level, finest
-    first; ``aligned`` is torchvision's ``roi_align(aligned=...)``.
-    """
-
-    output_size: int
-    sampling_ratio: int
-    spatial_scales: tuple[float, ...]
-    aligned: int = 0
-    canonical_scale: int = 224
-    canonical_level: int = 4
-
-    def attributes(self) -> dict[str, object]:
-        return {
-            "output_size": self.output_size,
-            "sampling_ratio": self.sampling_ratio,
-            "aligned": self.aligned,
-            "spatial_scales": list(self.spatial_scales),
-            "canonical_scale": self.canonical_scale,
-            "canonical_level": self.canonical_level,
-        }
-
-    @property
-    def level_range(self) -> tuple[int, int]:
-        """(k_min, k_max): the FPN levels of the finest and coarsest feature maps."""
-        lo = -torch.log2(torch.tensor(self.spatial_scales[0], dtype=torch.float32)).round()
-        hi = -torch.log2(torch.tensor(self.spatial_scales[-1], dtype=torch.float32)).round()
-        return int(lo), int(hi)
+# One RoIAlign unit's constants: the multi-level plugin's fields, which are the unit node's
+# attributes (one definition, in maskrt.plugins.contract).
+RoIAlignUnit: TypeAlias = MultiLevelRoIAlignFields
 
 
 def roi_levels(rois: Tensor, unit: RoIAlignUnit) -> Tensor:
@@ -106,9 +76,9 @@ class _MultiScaleRoIAlignFn(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, unit: RoIAlignUnit, rois, *features):  # type: ignore[no-untyped-def]
-        attrs = unit.attributes()
+        attrs = unit.field_attributes()
         out = g.op(
-            f"{DOMAIN}::{MULTISCALE_ROI_ALIGN}",
+            f"{UNIT_DOMAIN}::{UNIT_OP_TYPE}",
             *features,
             rois,
             output_size_i=attrs["output_size"],

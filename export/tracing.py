@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from .ops import DOMAIN, DOMAIN_VERSION
+from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION
 
 
 def trace_to_onnx(
@@ -37,7 +37,7 @@ def trace_to_onnx(
             dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
-            custom_opsets={DOMAIN: DOMAIN_VERSION},
+            custom_opsets={UNIT_DOMAIN: UNIT_DOMAIN_VERSION},
             dynamo=False,
         )
     return onnx.load_from_string(buf.getvalue())

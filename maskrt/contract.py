@@ -43,7 +43,8 @@ KEYPOINT_HEATMAP_SIZE = 56
 # metadata_props keys of an exported graph
 META_CONTRACT_VERSION = "maskrt.contract_version"
 META_MODEL_SPEC = "maskrt.model_spec"  # ModelSpec.to_json()
-META_PRECISION = "maskrt.precision"  # fp32 | fp16 | int8
+META_PRECISION = "maskrt.precision"  # one of PRECISIONS
+PRECISIONS = ("fp32", "fp16", "int8")
 META_SURGERED = "maskrt.surgered"  # "1" once RoIAlign units are plugin nodes
 
 

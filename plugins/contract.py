@@ -1,4 +1,6 @@
-"""The RoIAlign plugins' contract: names, version, namespace and fields, read from one file.
+"""The RoIAlign plugins' contract: names, version, namespace and fields, read from one file;
+with the identity of the RoIAlign unit node that ``maskrt export`` writes and graph surgery
+replaces, and torchvision's FPN level rule (LevelMapper) in numpy.
 
 The single source is ``multilevel_roialign/contract.json``; CMake generates the C++ header
 ``roialign_contract.h`` from the same file and the CPU library reports it back
@@ -20,10 +22,13 @@ int32, float -> float32, floats -> float32 array) and uses ``plugin_version`` an
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from maskrt.errors import MaskrtError
 
@@ -32,6 +37,19 @@ CONTRACT_FILE = Path(__file__).with_name("multilevel_roialign") / "contract.json
 _CONTRACT: dict[str, Any] = json.loads(CONTRACT_FILE.read_text())
 
 PLUGIN_NAMESPACE: str = _CONTRACT["namespace"]
+# The ONNX domain of plugin nodes: onnxruntime-extensions' custom-op domain, where ONNX Runtime
+# finds the CPU twin. TensorRT's parser finds the creator by op type, version and namespace.
+PLUGIN_DOMAIN: str = _CONTRACT["plugin_domain"]
+
+# The unit node `maskrt export` writes (defined by a model-local ONNX function) and surgery
+# replaces: L feature maps [B, C, H_l, W_l] then rois [B, N, 4] -> [B, N, C, P, P]; its
+# attributes are the multi-level plugin's fields.
+UNIT_DOMAIN: str = _CONTRACT["export_unit"]["domain"]
+UNIT_OP_TYPE: str = _CONTRACT["export_unit"]["op_type"]
+UNIT_DOMAIN_VERSION: int = _CONTRACT["export_unit"]["domain_version"]
+
+# torchvision's LevelMapper guards log2 against rounding at exact powers of two with this.
+LEVEL_EPS = 1e-6
 
 # multi-level mode: inputs P_1..P_L [B, C, H_l, W_l], rois [B, N, 4] -> [B, N, C, P, P]
 PLUGIN_NAME: str = _CONTRACT["multilevel"]["name"]
@@ -91,8 +109,8 @@ class MultiLevelRoIAlignFields:
                 f"spatial_scales needs 1..8 positive scales, got {self.spatial_scales}"
             )
 
-    def to_onnx_attributes(self) -> dict[str, Any]:
-        """The plugin node's ONNX attributes: the fields plus plugin_version/plugin_namespace."""
+    def field_attributes(self) -> dict[str, Any]:
+        """The fields as ONNX attributes (the export unit node's attributes)."""
         attrs: dict[str, Any] = {
             "output_size": int(self.output_size),
             "sampling_ratio": int(self.sampling_ratio),
@@ -102,9 +120,29 @@ class MultiLevelRoIAlignFields:
             "canonical_level": int(self.canonical_level),
         }
         assert list(attrs) == list(FIELD_TYPES), "fields out of step with contract.json"
+        return attrs
+
+    def to_onnx_attributes(self) -> dict[str, Any]:
+        """The plugin node's ONNX attributes: the fields plus plugin_version/plugin_namespace."""
+        attrs = self.field_attributes()
         attrs[ATTR_PLUGIN_VERSION] = PLUGIN_VERSION
         attrs[ATTR_PLUGIN_NAMESPACE] = PLUGIN_NAMESPACE
         return attrs
+
+    @property
+    def level_range(self) -> tuple[int, int]:
+        """(k_min, k_max): the FPN levels of the finest and coarsest feature maps."""
+        return -round(math.log2(self.spatial_scales[0])), -round(math.log2(self.spatial_scales[-1]))
+
+    def levels(self, boxes: np.ndarray) -> np.ndarray:
+        """Level index (0 = finest) of each box ``[M, 4]`` (x1, y1, x2, y2): torchvision's
+        LevelMapper in float32, the plugin's level rule."""
+        k_min, k_max = self.level_range
+        boxes = np.asarray(boxes, np.float32)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        lg = np.log(np.sqrt(area) / np.float32(self.canonical_scale)) / np.float32(math.log(2.0))
+        lvl = np.floor(np.float32(self.canonical_level) + lg + np.float32(LEVEL_EPS))
+        return np.clip(lvl, k_min, k_max).astype(np.int64) - k_min
 
     @classmethod
     def from_onnx_attributes(cls, attrs: Mapping[str, Any]) -> MultiLevelRoIAlignFields:

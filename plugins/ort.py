@@ -30,6 +30,7 @@ import numpy as np
 from maskrt.errors import MaskrtError
 from maskrt.plugins.contract import (
     DEFAULT_SPATIAL_SCALES,
+    PLUGIN_DOMAIN,
     PLUGIN_NAME,
     SINGLE_PLUGIN_NAME,
     MultiLevelRoIAlignFields,
@@ -37,16 +38,14 @@ from maskrt.plugins.contract import (
 )
 from maskrt.plugins.roialign import multilevel_roi_align, roi_align_single
 
-DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' custom-op domain
-
 _registered_scales: tuple[float, ...] | None = None
 
 
 def _node_scales(model: Any) -> tuple[float, ...] | None:
-    import onnx
-
     if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model), load_external_data=False)
+        from maskrt.onnxio import load_onnx
+
+        model = load_onnx(model, weights=False)
     found: set[tuple[float, ...]] = set()
     graphs = [model.graph] + [f for f in model.functions]
     for g in graphs:
@@ -138,7 +137,7 @@ def upcast_plugin_nodes(model: Any) -> int:
     plugins = {
         i
         for i, n in enumerate(g.node)
-        if n.domain == DOMAIN and n.op_type in (PLUGIN_NAME, SINGLE_PLUGIN_NAME)
+        if n.domain == PLUGIN_DOMAIN and n.op_type in (PLUGIN_NAME, SINGLE_PLUGIN_NAME)
     }
     types = _elem_types(model)
     if any(g.node[i].input[k] not in types for i in plugins for k in _float_inputs(g.node[i])):

@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import click
 
+from maskrt.cliargs import (
+    arch_option,
+    batch_size_option,
+    force_option,
+    max_batch_option,
+    output_option,
+)
+
 from .predictor import BACKENDS
+
+# Shared by every verb that runs an artifact (infer, eval).
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Default: torch for .pt/.pth, onnxruntime for .onnx, tensorrt for .engine.",
+)
 
 
 @click.command("infer")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "--out",
-    "-o",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder for detections.json, images.json and overlays/.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default=None,
-    help="Default: torch for .pt, onnxruntime for .onnx, tensorrt for .engine.",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@output_option("Folder for detections.json, images.json and overlays/.", folder=True)
+@backend_option
+@batch_size_option
 @click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
-@click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@arch_option
+@force_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def infer_command(
     artifact: str,
     images: tuple[str, ...],
-    out_dir: str,
+    output: str,
     backend: str | None,
     batch_size: int,
     score_threshold: float,
@@ -47,7 +51,7 @@ def infer_command(
     result = run_inference(
         artifact,
         list(images),
-        out_dir,
+        output,
         backend=backend,
         batch_size=batch_size,
         score_threshold=score_threshold,
@@ -63,24 +67,11 @@ def infer_command(
 
 @click.command("build")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option(
-    "--output",
-    "-o",
-    "engine",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Engine file to write (its sidecar goes beside it as ENGINE.json).",
-)
+@output_option("Engine file to write (its sidecar goes beside it as ENGINE.json).")
 @click.option("--min", "mins", multiple=True, metavar="NAME:DxD..", help="Minimum input shape.")
 @click.option("--opt", "opts", multiple=True, metavar="NAME:DxD..", help="Optimal input shape.")
 @click.option("--max", "maxs", multiple=True, metavar="NAME:DxD..", help="Maximum input shape.")
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Largest batch of the default profile (dynamic batch graphs).",
-)
+@max_batch_option
 @click.option(
     "--profiles",
     type=click.IntRange(min=1),
@@ -100,10 +91,10 @@ def infer_command(
     default=None,
     help="Timing cache file: read if present, updated after the build.",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing engine.")
+@force_option
 def build_command(
     onnx_path: str,
-    engine: str,
+    output: str,
     mins: tuple[str, ...],
     opts: tuple[str, ...],
     maxs: tuple[str, ...],
@@ -117,14 +108,13 @@ def build_command(
     from pathlib import Path
 
     from maskrt.errors import MaskrtError
+    from maskrt.onnxio import read_spec
 
-    from .backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
     from .profiles import apply_overrides, default_profile, onnx_input_dims, parse_shape_args
 
     if not Path(onnx_path).is_file():
         raise MaskrtError(f"{onnx_path} does not exist")
-    meta, _ = read_graph_facts(onnx_path)
-    spec = spec_from_metadata(meta, onnx_path)
+    spec = read_spec(onnx_path)
     profile = apply_overrides(
         default_profile(onnx_input_dims(onnx_path), spec, max_batch),
         parse_shape_args(mins),
@@ -135,7 +125,7 @@ def build_command(
 
     sidecar = build_engine(
         onnx_path,
-        engine,
+        output,
         profile,
         num_profiles=profiles,
         workspace_gib=workspace,
@@ -143,6 +133,6 @@ def build_command(
         force=force,
     )
     click.echo(
-        f"{engine}: TensorRT {sidecar.machine.tensorrt_version}, {sidecar.machine.gpu_name}, "
+        f"{output}: TensorRT {sidecar.machine.tensorrt_version}, {sidecar.machine.gpu_name}, "
         f"precision {sidecar.precision}"
     )

@@ -39,9 +39,9 @@ def parse_shape_args(args: Sequence[str]) -> dict[str, Shape]:
 
 def onnx_input_dims(path: str | os.PathLike[str]) -> dict[str, tuple[Dim, ...]]:
     """Input name -> dims (int static, str symbolic, None unknown) of an ONNX file."""
-    import onnx
+    from maskrt.onnxio import load_onnx
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
+    model = load_onnx(path, weights=False)
     initializers = {i.name for i in model.graph.initializer}
     dims: dict[str, tuple[Dim, ...]] = {}
     for inp in model.graph.input:

@@ -41,9 +41,9 @@ def _cache_dir(request: pytest.FixtureRequest) -> Path:
 def _cached_dataset(
     request: pytest.FixtureRequest, name: str, train: int, val: int, seed: int
 ) -> Path:
-    from maskrt.data.shapes import make_shapes_dataset
+    from maskrt.training.shapes import make_shapes_dataset
 
-    key = _code_key("data/shapes.py", extra=f"{train}/{val}/{seed}")
+    key = _code_key("training/shapes.py", extra=f"{train}/{val}/{seed}")
     root = _cache_dir(request) / f"{name}-{key}"
     if not (root / "annotations" / "instances_val.json").is_file():
         shutil.rmtree(root, ignore_errors=True)
@@ -73,9 +73,11 @@ def heldout_dataset(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def demo_checkpoint(request: pytest.FixtureRequest, shapes_dataset: Path) -> Path:
     """A demo Mask R-CNN trained for a few minutes: real, if imperfect, detections."""
-    from maskrt.train import TrainConfig, train_demo
+    from maskrt.training.train import TrainConfig, train_demo
 
-    key = _code_key("train.py", "specs.py", "data/shapes.py", extra=str(TEST_TRAIN_ITERS))
+    key = _code_key(
+        "training/train.py", "specs.py", "training/shapes.py", extra=str(TEST_TRAIN_ITERS)
+    )
     path = _cache_dir(request) / f"demo-{key}.pt"
     if not path.is_file():
         train_demo(

@@ -25,8 +25,8 @@ from maskrt.calibration.regions import (
     prediction_nodes,
     roi_head_tensors,
 )
-from maskrt.cli import main
 from maskrt.errors import MaskrtError
+from maskrt.pipeline.main import main
 
 # ----------------------------------------------------------------------------- a tiny graph
 
@@ -355,7 +355,7 @@ def test_calibrate_cli_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "tiny.int8.onnx"
     r = runner.invoke(main, ["calibrate", str(model), "--precision", "int8", "-o", str(out)])
-    assert r.exit_code == 1 and "--data" in r.output
+    assert r.exit_code == 1 and "--calib-data" in r.output
     r = runner.invoke(main, ["calibrate", str(tmp_path / "nope.onnx"), "--precision", "fp16",
                              "-o", str(out)])  # fmt: skip
     assert r.exit_code == 1 and "does not exist" in r.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maskrt.cli import main
+from maskrt.pipeline.main import main
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -30,6 +30,66 @@ def test_help_lists_real_verbs() -> None:
     assert code == 0
     for verb in ("data", "train", "eval", "demo"):
         assert f"  {verb}" in out
+
+
+def _verbs() -> dict[str, object]:
+    """Every leaf command by its full name (``data shapes`` included)."""
+    import click
+
+    verbs: dict[str, object] = {}
+    for name, command in main.commands.items():
+        if isinstance(command, click.Group):
+            verbs.update({f"{name} {sub}": c for sub, c in command.commands.items()})
+        else:
+            verbs[name] = command
+    return verbs
+
+
+def test_every_verb_speaks_one_vocabulary() -> None:
+    """Same option, same name, same meaning, same help text, in every verb's --help."""
+    import click
+
+    seen: dict[str, tuple[str, str, str]] = {}  # option -> (verb, help, type)
+    shared = {"--output", "--force", "--arch", "--data", "--calib-data", "--calib-images",
+              "--limit", "--max-batch", "--iters", "--json", "--method", "--backend"}  # fmt: skip
+    for verb, command in _verbs().items():
+        code, out, _ = run(*verb.split(), "--help")
+        assert code == 0, verb
+        # the old spellings are accepted but hidden
+        for old in ("--out ", "--max-images", "--images N"):
+            assert old not in out, (verb, old)
+        for param in command.params:  # type: ignore[attr-defined]
+            if not isinstance(param, click.Option):
+                continue
+            long = max(param.opts, key=len)
+            names = [o for o in param.opts if o not in getattr(param, "hidden_aliases", ())]
+            if "--output" in names:
+                assert names == ["-o", "--output"], verb
+                long = "--output"
+            if long not in shared:
+                continue
+            kind = type(param.type).__name__ + str(getattr(param.type, "choices", ""))
+            if long in seen and long not in ("--output", "--data"):
+                first, help_text, first_kind = seen[long]
+                assert param.help == help_text, f"{long}: {verb} and {first} differ"
+                assert kind == first_kind, f"{long}: {verb} and {first} differ"
+            seen.setdefault(long, (verb, param.help or "", kind))
+    assert {"--output", "--arch", "--calib-data", "--calib-images"} <= set(seen)
+    arch = next(p for p in _verbs()["infer"].params if p.name == "arch")  # type: ignore[attr-defined]
+    assert isinstance(arch.type, click.Choice)
+
+
+def test_old_option_spellings_still_work(tmp_path: Path) -> None:
+    """`--out` (now -o/--output) and `calibrate --data` (now --calib-data) stay as hidden
+    aliases for one release."""
+    out = tmp_path / "o"
+    code, _, err = run("train", "--out", str(out), "--data", str(tmp_path / "missing"))
+    assert code == 1 and "dataset root" in err and "does not exist" in err
+    code, _, err = run("calibrate", str(tmp_path / "m.onnx"), "--precision", "int8",
+                       "--out", str(out), "--data", str(tmp_path))  # fmt: skip
+    assert code == 1 and "m.onnx" in err  # got past option parsing to the missing model
+    code, _, err = run("infer", "m.onnx", "x.png")
+    assert code == 2 and "Missing option '-o' / '--output'." in err  # the alias stays unnamed
 
 
 def test_data_shapes_writes_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from maskrt import contract
-from maskrt.cli import main
-from maskrt.convert import convert, tensorrt_missing
-from maskrt.data.shapes import generate_image
 from maskrt.errors import MaskrtError
+from maskrt.pipeline.convert import convert, tensorrt_missing
+from maskrt.pipeline.main import main
 from maskrt.runtime import load_predictor
+from maskrt.training.shapes import generate_image
 
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is installed: the build runs")

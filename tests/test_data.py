@@ -10,8 +10,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrt.coco import load_coco
-from maskrt.data.shapes import generate_image, make_shapes_dataset
 from maskrt.specs import SHAPES_CATEGORIES
+from maskrt.training.shapes import generate_image, make_shapes_dataset
 
 
 def test_pycocotools_reads_both_splits(shapes_dataset: Path) -> None:

@@ -21,10 +21,11 @@ from onnx import TensorProto, helper
 
 from maskrt import contract
 from maskrt.checkpoint import save_checkpoint
-from maskrt.cli import main
-from maskrt.export import DOMAIN, MULTISCALE_ROI_ALIGN, RoIAlignUnit, export_onnx, unit_nodes
+from maskrt.export import RoIAlignUnit, export_onnx, unit_nodes
 from maskrt.export.functions import multiscale_roi_align_function
 from maskrt.export.ops import multiscale_roi_align_reference
+from maskrt.pipeline.main import main
+from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION, UNIT_OP_TYPE
 from maskrt.specs import build_model, demo_spec
 
 # ONNX Runtime against torchvision eager: the same FP32 maths through other convolution kernels
@@ -130,7 +131,7 @@ def test_roialign_units(random_demo) -> None:
     for n in units:
         assert len(n.input) == 5  # four feature maps, then the RoIs
     # The function defining the unit is in the file, with the standard-op body.
-    funcs = [f for f in model.functions if (f.domain, f.name) == (DOMAIN, MULTISCALE_ROI_ALIGN)]
+    funcs = [f for f in model.functions if (f.domain, f.name) == (UNIT_DOMAIN, UNIT_OP_TYPE)]
     assert len(funcs) == 1
     ops = [n.op_type for n in funcs[0].node]
     assert ops.count("RoiAlign") == 4 and ops.count("NonZero") == 4  # one pooling per level
@@ -146,7 +147,7 @@ def test_roialign_units(random_demo) -> None:
 def _unit_model(unit: RoIAlignUnit, feat_shapes: list[tuple[int, ...]], opset: int = 17) -> bytes:
     feats = [f"f{i}" for i in range(len(feat_shapes))]
     node = helper.make_node(
-        MULTISCALE_ROI_ALIGN, [*feats, "rois"], ["out"], domain=DOMAIN, **unit.attributes()
+        UNIT_OP_TYPE, [*feats, "rois"], ["out"], domain=UNIT_DOMAIN, **unit.field_attributes()
     )
     graph = helper.make_graph(
         [node],
@@ -157,7 +158,10 @@ def _unit_model(unit: RoIAlignUnit, feat_shapes: list[tuple[int, ...]], opset: i
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[
+            helper.make_opsetid("", opset),
+            helper.make_opsetid(UNIT_DOMAIN, UNIT_DOMAIN_VERSION),
+        ],
         functions=[multiscale_roi_align_function(len(feats), opset)],
         ir_version=10,
     )
@@ -183,7 +187,7 @@ def test_unit_function_equals_torchvision_pooler(output_size: int) -> None:
     assert pooler.map_levels is not None
     assert set(pooler.map_levels(list(rois)).tolist()) == {0, 1, 2, 3}
 
-    unit = RoIAlignUnit(output_size, 2, (1 / 4, 1 / 8, 1 / 16, 1 / 32))
+    unit = RoIAlignUnit(output_size, 2, 0, (1 / 4, 1 / 8, 1 / 16, 1 / 32))
     sess = ort.InferenceSession(
         _unit_model(unit, [tuple(f.shape) for f in feats.values()]),
         providers=["CPUExecutionProvider"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import helper
@@ -92,3 +93,24 @@ def test_built_libraries_are_found_next_to_native_module() -> None:
     if built_libraries()["cuda"] == "yes":
         cuda = _library.find(_library.CUDA)
         assert cuda is not None and cuda.parent == cpu.parent
+
+
+def test_numpy_level_mapper_matches_torchvision() -> None:
+    """MultiLevelRoIAlignFields.levels (used by surgery's LevelMapper probe) against
+    torchvision's LevelMapper, on boxes inside, on and just past every level boundary."""
+    import torch
+    from torchvision.ops.poolers import LevelMapper
+
+    for canonical_scale, canonical_level in ((224, 4), (160, 3)):
+        fields = MultiLevelRoIAlignFields(
+            output_size=7, sampling_ratio=2, aligned=0,
+            spatial_scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32),
+            canonical_scale=canonical_scale, canonical_level=canonical_level,
+        )  # fmt: skip
+        sides = [canonical_scale * 2.0**j * f for j in range(-5, 5) for f in (0.999, 1, 1.001, 1.5)]
+        side = np.asarray(sides + [1e-3], np.float32)
+        boxes = np.stack([np.full_like(side, 3), np.full_like(side, 5), 3 + side, 5 + side], 1)
+        k_min, k_max = fields.level_range
+        mapper = LevelMapper(k_min, k_max, canonical_scale, canonical_level)
+        expected = mapper([torch.from_numpy(boxes)]).numpy()
+        np.testing.assert_array_equal(fields.levels(boxes), expected)

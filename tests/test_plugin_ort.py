@@ -20,7 +20,8 @@ from maskrt.plugins import (
     multilevel_roi_align,
     ort_session_options,
 )
-from maskrt.plugins.ort import DOMAIN, upcast_plugin_nodes
+from maskrt.plugins.contract import PLUGIN_DOMAIN
+from maskrt.plugins.ort import upcast_plugin_nodes
 
 SCALES = [0.25, 0.125, 0.0625, 0.03125]
 LEVELS = ["p2", "p3", "p4", "p5"]
@@ -50,7 +51,7 @@ def _pooler_model(
             PLUGIN_NAME,
             [*LEVELS, "rois"],
             [f"pooled{i}"],
-            domain=DOMAIN,
+            domain=PLUGIN_DOMAIN,
             **MultiLevelRoIAlignFields(p, 2, 0, tuple(SCALES)).to_onnx_attributes(),
         )
         for i, p in enumerate(output_sizes)
@@ -67,7 +68,7 @@ def _pooler_model(
     graph = helper.make_graph(nodes, "pooler", inputs, outputs)
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(PLUGIN_DOMAIN, 1)],
         ir_version=9,
     )
 
@@ -137,7 +138,7 @@ def test_single_level_node_runs_in_onnxruntime() -> None:
     out = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
 
     def model(node: onnx.NodeProto) -> onnx.ModelProto:
-        opsets = [helper.make_opsetid("", 16), helper.make_opsetid(DOMAIN, 1)]
+        opsets = [helper.make_opsetid("", 16), helper.make_opsetid(PLUGIN_DOMAIN, 1)]
         graph = helper.make_graph([node], "g", io, out)
         return helper.make_model(graph, opset_imports=opsets, ir_version=9)
 
@@ -146,7 +147,7 @@ def test_single_level_node_runs_in_onnxruntime() -> None:
     fields = SingleRoIAlignFields.from_onnx_roialign(attrs)
     plugin = model(
         helper.make_node(
-            SINGLE_PLUGIN_NAME, inputs, ["Y"], domain=DOMAIN, **fields.to_onnx_attributes()
+            SINGLE_PLUGIN_NAME, inputs, ["Y"], domain=PLUGIN_DOMAIN, **fields.to_onnx_attributes()
         )
     )
     feeds = {"X": x, "rois": rois, "batch_indices": idx}
@@ -189,8 +190,8 @@ def fp16_graphs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_surgered_fp16_graph_runs_like_unsurgered(fp16_graphs: tuple[Path, Path]) -> None:
     """ONNX Runtime runs the surgered FP16 graph (plugin nodes with FP16 features) and gives the
     unsurgered FP16 graph's detections; the file keeps its FP16 plugin nodes for TensorRT."""
-    from maskrt.data.shapes import generate_image
     from maskrt.runtime import load_predictor
+    from maskrt.training.shapes import generate_image
 
     plain_path, surgered_path = fp16_graphs
     images = [generate_image(0, "val", i)[0] for i in range(2)]

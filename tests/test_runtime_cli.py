@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from maskrt.cli import main
+from maskrt.pipeline.main import main
 from maskrt.specs import demo_spec
 
 
@@ -31,7 +31,7 @@ def test_infer_writes_json_and_overlays(tmp_path: Path, random_demo_checkpoint: 
         "infer",
         str(random_demo_checkpoint),
         str(tmp_path / "images"),
-        "--out",
+        "--output",
         str(out),
         "--score-threshold",
         "0",
@@ -70,7 +70,7 @@ def test_infer_missing_image_is_one_line(tmp_path: Path, random_demo_checkpoint:
             "infer",
             str(random_demo_checkpoint),
             str(tmp_path / "nope.jpg"),
-            "--out",
+            "--output",
             str(tmp_path / "o"),
         ],
     )
@@ -78,7 +78,7 @@ def test_infer_missing_image_is_one_line(tmp_path: Path, random_demo_checkpoint:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "nope.jpg does not exist" in lines[0]
     missing_model = CliRunner().invoke(
-        main, ["infer", str(tmp_path / "m.pt"), str(tmp_path), "--out", str(tmp_path / "o")]
+        main, ["infer", str(tmp_path / "m.pt"), str(tmp_path), "--output", str(tmp_path / "o")]
     )
     assert missing_model.exit_code == 1 and len(missing_model.output.strip().splitlines()) == 1
 

@@ -20,19 +20,23 @@ from onnx import TensorProto, helper
 from maskrt.contract import META_SURGERED
 from maskrt.errors import MaskrtError
 from maskrt.export.functions import multiscale_roi_align_function
-from maskrt.export.ops import DOMAIN, DOMAIN_VERSION, MULTISCALE_ROI_ALIGN, RoIAlignUnit
+from maskrt.export.ops import RoIAlignUnit
+from maskrt.onnxio import IR_VERSION
 from maskrt.plugins.contract import (
+    PLUGIN_DOMAIN,
     PLUGIN_NAME,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
     SINGLE_PLUGIN_NAME,
+    UNIT_DOMAIN,
+    UNIT_DOMAIN_VERSION,
+    UNIT_OP_TYPE,
     MultiLevelRoIAlignFields,
     SingleRoIAlignFields,
 )
-from maskrt.plugins.surgery import PLUGIN_DOMAIN, surgery
+from maskrt.plugins.surgery import surgery
 
 OPSET = 17
-IR_VERSION = 10  # ONNX Runtime 1.31 reads IR <= 13
 SCALES = (0.25, 0.125, 0.0625, 0.03125)
 IMAGE = 256  # feature maps 64, 32, 16, 8
 CHANNELS = 8
@@ -62,14 +66,14 @@ def _unit_model(units: dict[str, int], dead_branch: bool = True) -> onnx.ModelPr
         helper.make_node("Add", ["rois", "zero"], ["rois_same"]),
     ]
     for name, p in units.items():
-        unit = RoIAlignUnit(output_size=p, sampling_ratio=2, spatial_scales=SCALES)
+        unit = RoIAlignUnit(output_size=p, sampling_ratio=2, aligned=0, spatial_scales=SCALES)
         nodes.append(
             helper.make_node(
-                MULTISCALE_ROI_ALIGN,
+                UNIT_OP_TYPE,
                 [*feats, "rois_same"],
                 [f"{name}_pooled"],
-                domain=DOMAIN,
-                **unit.attributes(),
+                domain=UNIT_DOMAIN,
+                **unit.field_attributes(),
             )
         )
         nodes.append(helper.make_node("Relu", [f"{name}_pooled"], [name]))
@@ -81,7 +85,10 @@ def _unit_model(units: dict[str, int], dead_branch: bool = True) -> onnx.ModelPr
     graph = helper.make_graph(nodes, "units", inputs, outputs)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+        opset_imports=[
+            helper.make_opsetid("", OPSET),
+            helper.make_opsetid(UNIT_DOMAIN, UNIT_DOMAIN_VERSION),
+        ],
         functions=[multiscale_roi_align_function(len(SCALES), OPSET)],
     )
     model.ir_version = IR_VERSION
@@ -164,10 +171,10 @@ def test_units_become_plugin_nodes(two_units) -> None:
         assert fields.aligned == 0 and fields.output_size in (7, 14)
         assert list(node.input) == ["p0", "p1", "p2", "p3", node.input[4]]
     # no maskrt op, function or opset import is left; the plugin's domain is imported
-    assert not any(n.domain == DOMAIN for n in out.graph.node)
+    assert not any(n.domain == UNIT_DOMAIN for n in out.graph.node)
     assert len(out.functions) == 0
     domains = {o.domain: o.version for o in out.opset_import}
-    assert DOMAIN not in domains and domains[PLUGIN_DOMAIN] == 1 and domains[""] == OPSET
+    assert UNIT_DOMAIN not in domains and domains[PLUGIN_DOMAIN] == 1 and domains[""] == OPSET
     # cleaned up: dead Neg removed, (1 - 1) folded away, nodes sorted, I/O unchanged
     ops = [n.op_type for n in out.graph.node]
     assert "Neg" not in ops and "Sub" not in ops and "Constant" not in ops
@@ -290,7 +297,7 @@ def demo_export() -> onnx.ModelProto:
 def test_demo_export_surgery_matches_onnxruntime(demo_export: onnx.ModelProto) -> None:
     out, report = surgery(demo_export)
     assert report.units == 2 and report.replaced == 2 and not report.unrecognised
-    assert not [n for n in out.graph.node if n.domain == DOMAIN or n.op_type == "RoiAlign"]
+    assert not [n for n in out.graph.node if n.domain == UNIT_DOMAIN or n.op_type == "RoiAlign"]
     assert _io(out) == _io(demo_export)
     rng = np.random.default_rng(0)
     feeds = {
@@ -309,7 +316,7 @@ def test_demo_export_surgery_matches_onnxruntime(demo_export: onnx.ModelProto) -
 
 
 def _cli(*args: str):
-    from maskrt.cli import main
+    from maskrt.pipeline.main import main
 
     return CliRunner().invoke(main, ["surgery", *args])
 
@@ -320,6 +327,7 @@ def test_cli_writes_surgered_model(tmp_path: Path) -> None:
     result = _cli(str(src), "-o", str(dst))
     assert result.exit_code == 0, result.output
     assert "replaced 1 RoIAlign unit(s)" in result.stdout and "nodes:" in result.stdout
+    assert result.stdout.splitlines()[-1] == f"Wrote {dst}"
     out = onnx.load(dst)
     assert [n.op_type for n in out.graph.node].count(PLUGIN_NAME) == 1
     # twice: refuses to overwrite, then --force rewrites the same bytes from the surgered file
@@ -329,6 +337,8 @@ def test_cli_writes_surgered_model(tmp_path: Path) -> None:
     assert _cli(str(dst), "-o", str(again)).exit_code == 0
     assert again.read_bytes() == dst.read_bytes()
     assert _cli(str(src), "-o", str(dst), "--force").exit_code == 0
+    # the old spelling of -o/--output is still accepted
+    assert _cli(str(src), "--out", str(dst), "--force").exit_code == 0
 
 
 def _broken_inputs(tmp_path: Path) -> dict[str, Path]:

@@ -16,8 +16,14 @@ import onnxruntime as ort
 import pytest
 from _roialign_cases import FP32_TOL
 
-from maskrt.plugins.contract import PLUGIN_NAME, MultiLevelRoIAlignFields
-from maskrt.plugins.surgery import PLUGIN_DOMAIN, surgery
+from maskrt.onnxio import IR_VERSION
+from maskrt.plugins.contract import (
+    PLUGIN_DOMAIN,
+    PLUGIN_NAME,
+    UNIT_DOMAIN,
+    MultiLevelRoIAlignFields,
+)
+from maskrt.plugins.surgery import surgery
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +52,7 @@ def test_demo_model_outputs_unchanged_on_heldout_images(
     exported = build_onnx(spec, model)
     out, report = surgery(exported)
     assert report.units == 2 and not report.unrecognised
-    assert not any(n.op_type == "RoiAlign" or n.domain == "maskrt" for n in out.graph.node)
+    assert not any(n.op_type == "RoiAlign" or n.domain == UNIT_DOMAIN for n in out.graph.node)
 
     paths = sorted((shapes_dataset / "val").glob("*.png"))[:6]
     assert len(paths) == 6
@@ -99,7 +105,7 @@ def test_torchvision_export_fused_and_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "maskrcnn.onnx"
     image = _torchvision_export(path)
     exported = onnx.load(path)
-    exported.ir_version = min(exported.ir_version, 10)
+    exported.ir_version = min(exported.ir_version, IR_VERSION)
     out, report = surgery(exported)
 
     assert report.torchvision_units == 2 and report.replaced == 2 and not report.unrecognised

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from maskrt.checkpoint import load_checkpoint, save_checkpoint
-from maskrt.data.shapes import split_paths
 from maskrt.errors import MaskrtError
-from maskrt.train import CocoInstances, TrainConfig, lr_factor, train_demo
+from maskrt.training.shapes import split_paths
+from maskrt.training.train import CocoInstances, TrainConfig, lr_factor, train_demo
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
@@ -51,7 +51,7 @@ def test_briefly_trained_model_beats_chance(
     demo_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
 ) -> None:
     """The shared test checkpoint learned: lower held-out loss and higher AP than its own init."""
-    from maskrt.evaluate import evaluate_artifact
+    from maskrt.pipeline.evaluate import evaluate_artifact
     from maskrt.specs import build_model
 
     spec, trained = load_checkpoint(demo_checkpoint)

@@ -17,16 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou as tv_box_iou
 
-from maskrt.cli import main
-from maskrt.detections import Detections
+from maskrt.detections import Detections, box_iou, match_detections, same_detections
 from maskrt.errors import MaskrtError
-from maskrt.validate import (
+from maskrt.pipeline.main import main
+from maskrt.pipeline.validate import (
     DEFAULT_TOLERANCES,
     Row,
     ValidationReport,
-    box_iou,
     detection_diffs,
-    match_detections,
     parse_tolerances,
 )
 
@@ -66,6 +64,19 @@ def test_matching_needs_label_and_iou_and_is_one_to_one() -> None:
     np.testing.assert_allclose(d.score, [0.05], atol=1e-6)  # float32 0.9 - 0.85: 4.8e-8 off
     assert d.summary()["matched"] == pytest.approx(1 / 3)
     assert d.summary()["matched_confident"] == pytest.approx(1 / 3)  # all three score >= 0.5
+
+
+def test_same_detections_means_all_paired_and_no_extra() -> None:
+    """bench's "identical detections": the validate matcher pairs every detection, both ways."""
+    ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [1, 2])
+    shifted = _dets([[20, 21, 30, 31], [1, 0, 11, 10]], [0.79, 0.91], [2, 1])  # order differs
+    assert same_detections(ref, shifted)
+    assert not same_detections(ref, _dets([[0, 0, 10, 10]], [0.9], [1]))  # one missing
+    extra = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], [0.9, 0.8, 0.1], [1, 2, 1])
+    assert not same_detections(ref, extra)
+    assert not same_detections(ref, _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [1, 1]))
+    empty = _dets([], [], [])
+    assert same_detections(empty, empty) and not same_detections(ref, empty)
 
 
 def test_confident_matches_count_only_confident_reference_detections() -> None:
@@ -114,7 +125,7 @@ def test_validate_demo_model_within_tolerances(
     out = tmp_path / "validation"
     result = CliRunner().invoke(
         main,
-        ["validate", str(demo_checkpoint), "--data", str(heldout_dataset), "--out", str(out),
+        ["validate", str(demo_checkpoint), "--data", str(heldout_dataset), "--output", str(out),
          "--calib-images", "32"],
     )  # fmt: skip
     table = json.loads((out / "validation.json").read_text())

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from .detections import Detections
-from .specs import ModelSpec
+from maskrt.detections import Detections, same_detections
+from maskrt.machine import machine_facts, machine_line, peak_rss_mib
+from maskrt.specs import ModelSpec
+
+from .convert import ArtifactPaths, export_step, precision_step
 
 STAGES = ("pre", "infer", "post")
 
@@ -74,7 +74,7 @@ class TorchvisionSide:
     def run(self, images: Sequence[np.ndarray], times: StageTimes) -> list[Detections]:
         import torch
 
-        from .runtime.backends.torch_backend import from_torchvision, to_tensor
+        from maskrt.runtime.backends.torch_backend import from_torchvision, to_tensor
 
         with torch.inference_mode():
             t = time.perf_counter()
@@ -98,15 +98,15 @@ class OnnxRuntimeSide:
     """maskrt's deploy graph in ONNX Runtime with numpy pre/post-processing."""
 
     def __init__(self, onnx_path: Path, spec: ModelSpec, label: str = "maskrt onnxruntime") -> None:
-        from .runtime.backends.onnxruntime_backend import OrtRunner
+        from maskrt.runtime.backends.onnxruntime_backend import OrtRunner
 
         self.name = label
         self.spec = spec
         self.runner = OrtRunner(onnx_path, providers=["CPUExecutionProvider"])
 
     def run(self, images: Sequence[np.ndarray], times: StageTimes) -> list[Detections]:
-        from .runtime.postprocess import postprocess
-        from .runtime.preprocess import preprocess
+        from maskrt.runtime.postprocess import postprocess
+        from maskrt.runtime.preprocess import preprocess
 
         t = time.perf_counter()
         batch = preprocess(images, self.spec)
@@ -120,19 +120,6 @@ class OnnxRuntimeSide:
         return result
 
 
-def detections_agree(a: Detections, b: Detections, box_tol: float = 1e-2) -> bool:
-    """Same number of detections, same labels, boxes within ``box_tol`` px (after sorting)."""
-    if len(a) != len(b):
-        return False
-    if len(a) == 0:
-        return True
-    oa, ob = np.lexsort((a.boxes[:, 0], -a.scores)), np.lexsort((b.boxes[:, 0], -b.scores))
-    return bool(
-        np.array_equal(a.labels[oa], b.labels[ob])
-        and np.abs(a.boxes[oa] - b.boxes[ob]).max() <= box_tol
-    )
-
-
 # Seconds to wait after each run: longer than any side's workers spin after a call.
 SETTLE_S = 0.06
 
@@ -142,8 +129,9 @@ def _interleaved(
 ) -> tuple[list[StageTimes], list[int], int]:
     """Time every side on every batch ``reps`` times, alternating which side goes first.
 
-    Returns the times per side, how many images each side's detections agree with side 0's
-    (first repetition; 0 for side 0 itself), and the number of images compared.
+    Returns the times per side, on how many images each side found the same detections as side
+    0 in the first repetition (:func:`maskrt.detections.same_detections`, validate's matching
+    rule; 0 for side 0 itself), and the number of images compared.
     """
     times = [StageTimes() for _ in sides]
     agree = [0] * len(sides)
@@ -160,72 +148,8 @@ def _interleaved(
             if rep == 0:
                 total += len(batch)
                 for i in range(1, len(sides)):
-                    agree[i] += sum(map(detections_agree, results[0], results[i]))
+                    agree[i] += sum(map(same_detections, results[0], results[i]))
     return times, agree, total
-
-
-# CPU features that change what ONNX Runtime and PyTorch run (MLAS/oneDNN kernels)
-_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-
-
-def machine_facts() -> dict[str, Any]:
-    """Where the figures were taken: CPU, its SIMD features, cores, library versions, commit."""
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                elif ln.startswith("flags"):
-                    flags = set(ln.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    commit = "unknown"
-    try:
-        here = Path(__file__).resolve().parent
-
-        def git(*args: str) -> str:
-            run = subprocess.run(
-                ["git", *args], capture_output=True, text=True, check=True, cwd=here
-            )
-            return run.stdout.strip()
-
-        commit = git("rev-parse", "--short", "HEAD")
-        if git("status", "--porcelain", "--untracked-files=no"):
-            commit += "+uncommitted"  # figures of code that no commit holds
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "cpu": cpu,
-        "simd": [f for f in _SIMD_FLAGS if f in flags],
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit,
-    }
-
-
-def _own_peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB.
-
-    Linux: ``VmHWM``, which starts afresh with the new address space of ``exec``; ``ru_maxrss``
-    would still hold the parent's high-water mark from before the spawn.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _child_peak_rss(
@@ -248,7 +172,7 @@ def _child_peak_rss(
     for _ in range(reps):
         for im in images:
             side.run([im], times)
-    queue.put(_own_peak_rss_mib())
+    queue.put(peak_rss_mib())
 
 
 def _peak_rss(
@@ -273,8 +197,8 @@ def _peak_rss(
 
 def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
     """A checkpoint, or (checkpoint == "") a random-weight ``arch`` keeping its top 100 boxes."""
-    from .checkpoint import load_checkpoint
-    from .specs import build_model, default_spec
+    from maskrt.checkpoint import load_checkpoint
+    from maskrt.specs import build_model, default_spec
 
     if checkpoint:
         return load_checkpoint(checkpoint, arch=arch)
@@ -287,36 +211,36 @@ def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
     return spec, build_model(spec)
 
 
-def _check_precisions(precisions: Sequence[str], calib_data: str | None) -> None:
+def _check_precisions(precisions: Sequence[str], calib_data: Sequence[str] | None) -> None:
     """Refuse what ``_precision_graphs`` cannot make, before any slow export."""
-    from .convert import PRECISIONS
-    from .errors import MaskrtError
+    from maskrt.contract import PRECISIONS
+    from maskrt.errors import MaskrtError
 
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise MaskrtError(f"unknown precision {unknown[0]!r}; choose from {', '.join(PRECISIONS)}")
-    if "int8" in precisions and calib_data is None:
+    if "int8" in precisions and not calib_data:
         raise MaskrtError("--precision int8 needs --calib-data (a folder of calibration images)")
 
 
-def _precision_graphs(
-    fp32: Path, precisions: Sequence[str], calib_data: str | None, log: Callable[[str], None]
-) -> dict[str, Path]:
-    """The deploy graph in each precision, made by maskrt.calibration next to ``fp32``."""
-    from .calibration import calibrate_fp16, quantize_to_int8
+# INT8 calibration for timing only: accuracy is validate's business, so a quick one.
+BENCH_CALIB_IMAGES = 64
 
+
+def _precision_graphs(
+    paths: ArtifactPaths,
+    precisions: Sequence[str],
+    calib_data: Sequence[str] | None,
+    log: Callable[[str], None],
+) -> dict[str, Path]:
+    """The deploy graph in each precision, made with `maskrt convert`'s own steps and names."""
     graphs = {}
     for precision in precisions:
-        if precision == "fp32":
-            graphs[precision] = fp32
-        elif precision == "fp16":
-            log("converting to FP16 ...")
-            graphs[precision] = calibrate_fp16(fp32, fp32.with_suffix(".fp16.onnx")).path
-        else:  # int8, with calib_data (see _check_precisions)
-            log("calibrating INT8 (entropy, 64 images) ...")
-            dst = fp32.with_suffix(".int8.onnx")
-            quantize_to_int8(fp32, dst, calib_data or "", method="entropy", max_images=64)
-            graphs[precision] = dst
+        if precision != "fp32":
+            log(f"making the {precision} graph ...")
+            precision_step(paths.fp32, paths.graph(precision), precision, calib_data, "entropy",
+                           BENCH_CALIB_IMAGES, cache=None, show_progress=False)  # fmt: skip
+        graphs[precision] = paths.graph(precision)
     return graphs
 
 
@@ -327,7 +251,7 @@ def bench_end_to_end(
     reps: int = 5,
     batch_sizes: Sequence[int] = (1, 4),
     precisions: Sequence[str] = ("fp32",),
-    calib_data: str | None = None,
+    calib_data: Sequence[str] | None = None,
     compact_heads: bool = True,
     measure_memory: bool = True,
     log: Callable[[str], None] = print,
@@ -336,8 +260,6 @@ def bench_end_to_end(
     checkpoint, same images. ``calib_data`` (images) is needed for ``int8``. ``compact_heads``
     exports the graph meant for ONNX Runtime (mask/keypoint heads on detected rows only); False
     times the all-static graph made for TensorRT."""
-    from .export import export_onnx
-
     _check_precisions(precisions, calib_data)
     ckpt = os.fspath(checkpoint) if checkpoint else ""
     spec, model = _load(ckpt, arch)
@@ -350,10 +272,10 @@ def bench_end_to_end(
         "batches": {},
     }
     with tempfile.TemporaryDirectory(prefix="maskrt-bench-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
+        paths = ArtifactPaths(Path(tmp))
         log(f"exporting {spec.arch} ...")
-        export_onnx(spec, model, onnx_path, compact_heads=compact_heads)
-        graphs = _precision_graphs(onnx_path, precisions, calib_data, log)
+        export_step(spec, model, paths.fp32, compact_heads=compact_heads)
+        graphs = _precision_graphs(paths, precisions, calib_data, log)
         sides: list[Any] = [TorchvisionSide(model)]
         sides += [OnnxRuntimeSide(g, spec, f"maskrt onnxruntime {p}") for p, g in graphs.items()]
         for bs in batch_sizes:
@@ -430,7 +352,7 @@ def bench_paste_masks(
     import torch
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from .runtime.postprocess import paste_masks
+    from maskrt.runtime.postprocess import paste_masks
 
     masks, boxes = paste_inputs(kind, num, image_size, seed)
     masks_t, boxes_t = torch.from_numpy(masks[:, None]), torch.from_numpy(boxes)
@@ -457,16 +379,6 @@ def bench_paste_masks(
         "speedup": statistics.median(ref_ms) / statistics.median(ours_ms),
         "machine": machine_facts(),
     }
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    """:func:`machine_facts` in one Markdown line."""
-    simd = ", ".join(m.get("simd", [])) or "no SIMD flags read"
-    return (
-        f"Machine: {m['cpu']} ({simd}), {m['cores']} cores, torch {m['torch']} "
-        f"({m['torch_threads']} threads), onnxruntime {m['onnxruntime']}; "
-        f"{m['date']}, commit {m['commit']}"
-    )
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""Core CLI verbs: `data shapes`, `train`, `eval`, `demo` (thin wrappers over the library)."""
+"""The pipeline's verbs: ``convert``, ``validate``, ``eval``, ``bench`` and ``demo``.
+
+Thin click layers over :mod:`maskrt.pipeline`; options come from the shared vocabulary
+(:mod:`maskrt.cliargs`) and the stages' own shared options.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,29 @@ from pathlib import Path
 
 import click
 
-from .calibration.cli import method_option
-from .convert import PRECISIONS
-from .errors import MaskrtError
+from maskrt.calibration.cli import method_option
+from maskrt.cliargs import (
+    AliasedOption,
+    arch_option,
+    batch_size_option,
+    calib_data_option,
+    calib_images_option,
+    data_option,
+    force_option,
+    iters_option,
+    json_option,
+    limit_option,
+    max_batch_option,
+    output_option,
+)
+from maskrt.contract import PRECISIONS
+from maskrt.errors import MaskrtError
+from maskrt.runtime.cli import backend_option
 
 
 def _data_split(data: str | None, images: str | None, annotations: str | None) -> tuple[Path, Path]:
     """(image folder, annotation file) from either --data ROOT or --images + --annotations."""
-    from .data.shapes import split_paths
+    from maskrt.training.shapes import split_paths
 
     if data and (images or annotations):
         raise MaskrtError("give either --data or --images with --annotations, not both")
@@ -27,73 +46,103 @@ def _data_split(data: str | None, images: str | None, annotations: str | None) -
     raise MaskrtError("say which images to use: --data DIR, or --images DIR --annotations FILE")
 
 
-@click.group("data")
-def data_group() -> None:
-    """Make datasets."""
-
-
-@data_group.command("shapes")
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--train", "n_train", default=1000, show_default=True, help="Training images.")
-@click.option("--val", "n_val", default=200, show_default=True, help="Held-out images.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Write into a non-empty folder.")
-def shapes_command(out: str, n_train: int, n_val: int, seed: int, force: bool) -> None:
-    """Write a synthetic COCO-format dataset of circles, squares and triangles to OUT."""
-    from .data.shapes import make_shapes_dataset
-
-    root = make_shapes_dataset(
-        out, train=n_train, val=n_val, seed=seed, force=force, show_progress=True
-    )
-    click.echo(f"Wrote {n_train} train and {n_val} val images with COCO annotations to {root}")
-
-
-@click.command("train")
+@click.command("convert")
+@click.argument("checkpoint", type=click.Path())
+@output_option("Folder for the deploy graphs and the engine.", folder=True)
 @click.option(
-    "-o", "--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write."
+    "--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+    help="Deploy-graph precision.",
+)  # fmt: skip
+@calib_data_option()
+@method_option
+@calib_images_option
+@arch_option
+@max_batch_option
+@force_option
+def convert_command(
+    checkpoint: str, output: str, precision: str, calib_data: tuple[str, ...], method: str,
+    calib_images: int, arch: str | None, max_batch: int, force: bool,
+) -> None:  # fmt: skip
+    """CHECKPOINT to a TensorRT engine: export, precision, surgery, build (where TensorRT is)."""
+    from .convert import convert
+
+    result = convert(
+        checkpoint, output, precision=precision, calib_data=list(calib_data) or None, arch=arch,
+        method=method, calib_images=calib_images, max_batch=max_batch, force=force,
+        show_progress=True, log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(f"deploy graph: {result.graph}")
+    click.echo(f"TensorRT input: {result.surgered}")
+    click.echo(f"engine: {result.engine}" if result.engine else result.note)
+
+
+@click.command("validate")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Dataset root as `maskrt data shapes` writes it (train/ and val/, COCO format); "
+    "evaluates on val/, calibrates INT8 on train/.",
+)
+@output_option(
+    "Folder for the artifacts and validation.{md,json} (default: a temporary folder).",
+    folder=True,
+    required=False,
 )
 @click.option(
-    "--data", type=click.Path(file_okay=False), help="Dataset root (default: synthetic shapes)."
+    "--tolerance",
+    default=None,
+    help="Allowed |ΔAP| in AP points, e.g. fp32=0.1,fp16=0.3,int8=1.5 (the defaults).",
 )
-@click.option("--iters", default=1500, show_default=True)
-@click.option("--batch-size", default=4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite an existing checkpoint.")
-def train_command(
-    out: str, data: str | None, iters: int, batch_size: int, seed: int, force: bool
+@calib_images_option
+@method_option
+@limit_option
+def validate_command(
+    checkpoint: str,
+    data: str,
+    output: str | None,
+    tolerance: str | None,
+    calib_images: int,
+    method: str,
+    limit: int | None,
 ) -> None:
-    """Train the demo Mask R-CNN (resnet18 + FPN, 64 channels) deterministically."""
-    from .fileio import check_writable
-    from .train import TrainConfig, train_demo
+    """Accuracy of every precision and backend against PyTorch FP32 as one table; exits
+    non-zero when a ΔAP exceeds its tolerance (a CI gate)."""
+    import tempfile
 
-    check_writable(out, force)
-    if data is not None and not Path(data).is_dir():
-        raise MaskrtError(f"dataset root {data} does not exist")
-    cfg = TrainConfig(iters=iters, batch_size=batch_size, seed=seed)
-    spec, path = train_demo(out, data_root=data, config=cfg, show_progress=True)
-    click.echo(f"Wrote {path} ({spec.arch}, {spec.num_classes - 1} classes)")
+    from .validate import parse_tolerances, validate
+
+    tolerances = parse_tolerances(tolerance)
+    with tempfile.TemporaryDirectory(prefix="maskrt-validate-") as tmp:
+        report = validate(
+            checkpoint,
+            data,
+            output or tmp,
+            tolerances=tolerances,
+            calib_images=calib_images,
+            limit=limit,
+            method=method,
+            show_progress=True,
+        )
+        click.echo(report.markdown())
+        if output:
+            click.echo(f"wrote {output}/validation.md and {output}/validation.json")
+    if not report.passed:
+        raise MaskrtError("validation failed: " + "; ".join(report.failures))
 
 
 @click.command("eval")
 @click.argument("artifact", type=click.Path())
-@click.option(
-    "--data", type=click.Path(), help="Dataset root written by `maskrt data` (val split)."
-)
+@data_option
 @click.option("--images", type=click.Path(), help="Image folder of a COCO-format set.")
 @click.option("--annotations", type=click.Path(), help="COCO annotation file of those images.")
-@click.option(
-    "--backend",
-    type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
-    default=None,
-    help="Default: torch for checkpoints, onnxruntime for .onnx, tensorrt for .engine.",
-)
-@click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
-@click.option("--batch-size", default=1, show_default=True)
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
-@click.option(
-    "--json", "json_out", type=click.Path(dir_okay=False), help="Write COCO-format results here."
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+@backend_option
+@arch_option
+@batch_size_option
+@limit_option
+@json_option
+@force_option
 def eval_command(
     artifact: str,
     data: str | None,
@@ -106,9 +155,11 @@ def eval_command(
     json_out: str | None,
     force: bool,
 ) -> None:
-    """COCO bbox/segm/keypoint AP of ARTIFACT (checkpoint, ONNX graph or engine)."""
+    """COCO bbox/segm/keypoint AP of ARTIFACT (checkpoint, ONNX graph or engine) on the val
+    split of --data, or on --images with --annotations."""
+    from maskrt.fileio import check_writable
+
     from .evaluate import evaluate_artifact
-    from .fileio import check_writable
 
     if not Path(artifact).exists():
         raise MaskrtError(f"{artifact} does not exist")
@@ -131,55 +182,16 @@ def eval_command(
     click.echo(result.scores.table())
 
 
-def default_cache_dir() -> Path:
-    """Where `maskrt demo` keeps its dataset and model: $MASKRT_CACHE_DIR or the user cache."""
-    if os.environ.get("MASKRT_CACHE_DIR"):
-        return Path(os.environ["MASKRT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "maskrt"
-
-
-@click.command("demo")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Dataset and model cache [default: $MASKRT_CACHE_DIR or ~/.cache/maskrt].",
-)
-@click.option("--retrain", is_flag=True, help="Train the demo model again even if cached.")
-@click.option("--iters", default=1500, show_default=True, help="Training iterations.")
-def demo_command(cache_dir: str | None, retrain: bool, iters: int) -> None:
-    """The main job on the embedded data: train, export, convert, and prove it in COCO AP.
-
-    Ends with one table: PyTorch FP32 against the ONNX FP32, surgered (plugin), FP16 and INT8
-    graphs (and TensorRT engines where TensorRT is installed); exits 1 if a ΔAP is out of
-    tolerance."""
-    from .demo import run_demo
-
-    report = run_demo(
-        Path(cache_dir) if cache_dir else default_cache_dir(),
-        retrain=retrain,
-        iters=iters,
-        echo=click.echo,
-    )
-    if not report.passed:
-        raise MaskrtError("validation failed: " + "; ".join(report.failures))
-
-
-COMMANDS = [data_group, train_command, eval_command, demo_command]
-
-
 @click.command("bench")
 @click.argument("checkpoint", required=False, type=click.Path())
-@click.option(
-    "--arch",
-    default=None,
-    help="Without CHECKPOINT: benchmark this architecture with random weights.",
-)
-@click.option("--data", type=click.Path(file_okay=False), help="Dataset root (val images).")
+@arch_option
+@data_option
 @click.option("--size", default=None, help="HxW of synthetic test images, e.g. 800x1344.")
-@click.option("--images", "num_images", default=8, show_default=True)
-@click.option("--reps", default=5, show_default=True)
+@click.option(
+    "--num-images", "--images", "num_images", cls=AliasedOption, hidden_aliases=("--images",),
+    type=click.IntRange(min=1), default=8, show_default=True, help="Test images.",
+)  # fmt: skip
+@click.option("--reps", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(
     "--precision",
     "precisions",
@@ -189,9 +201,7 @@ COMMANDS = [data_group, train_command, eval_command, demo_command]
     show_default=True,
     help="Deploy-graph precisions to time (repeatable); int8 needs --calib-data.",
 )
-@click.option(
-    "--calib-data", type=click.Path(exists=True), help="INT8: calibration images (folder)."
-)
+@calib_data_option()
 @click.option(
     "--static-heads",
     is_flag=True,
@@ -205,8 +215,8 @@ COMMANDS = [data_group, train_command, eval_command, demo_command]
     show_default=True,
     help="Also time mask pasting (100 detections, 800x1344; random and saturated masks).",
 )
-@click.option("--json", "json_out", type=click.Path(dir_okay=False))
-@click.option("--force", is_flag=True)
+@json_option
+@force_option
 def bench_command(
     checkpoint: str | None,
     arch: str | None,
@@ -215,18 +225,20 @@ def bench_command(
     num_images: int,
     reps: int,
     precisions: tuple[str, ...],
-    calib_data: str | None,
+    calib_data: tuple[str, ...],
     static_heads: bool,
     no_memory: bool,
     paste: bool,
     json_out: str | None,
     force: bool,
 ) -> None:
-    """Latency, throughput and memory: torchvision eager vs the deploy graph (ONNX Runtime)."""
+    """Latency, throughput and memory: torchvision eager vs the deploy graph (ONNX Runtime).
+    Without CHECKPOINT, a random-weight model of --arch."""
     import json
 
+    from maskrt.fileio import atomic_write_text, check_writable
+
     from .bench import PASTE_CASES, bench_end_to_end, bench_paste_masks, format_report
-    from .fileio import atomic_write_text, check_writable
 
     if checkpoint is None and arch is None:
         raise MaskrtError("give a CHECKPOINT, or --arch for a random-weight model")
@@ -241,7 +253,7 @@ def bench_command(
         arch=arch,
         reps=reps,
         precisions=precisions,
-        calib_data=calib_data,
+        calib_data=list(calib_data) or None,
         compact_heads=not static_heads,
         measure_memory=not no_memory,
         log=lambda m: click.echo(m, err=True),
@@ -268,11 +280,11 @@ def _bench_images(data: str | None, size: str | None, count: int) -> list:
     import numpy as np
     from PIL import Image
 
-    from .data.shapes import generate_image, split_paths
-    from .runtime import read_image
+    from maskrt.runtime import read_image
+    from maskrt.training.shapes import generate_image, split_paths
 
     if count <= 0:
-        raise MaskrtError("--images must be positive")
+        raise MaskrtError("--num-images must be positive")
     if data:
         image_dir, _ = split_paths(data, "val")
         paths = sorted(image_dir.glob("*.png"))[:count]
@@ -291,34 +303,39 @@ def _bench_images(data: str | None, size: str | None, count: int) -> list:
     return images
 
 
-COMMANDS.append(bench_command)
+def default_cache_dir() -> Path:
+    """Where `maskrt demo` keeps its dataset and model: $MASKRT_CACHE_DIR or the user cache."""
+    if os.environ.get("MASKRT_CACHE_DIR"):
+        return Path(os.environ["MASKRT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "maskrt"
 
 
-@click.command("convert")
-@click.argument("checkpoint", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--calib-data", type=click.Path(), help="INT8: calibration images (folder).")
-@method_option
-@click.option("--max-images", default=512, show_default=True, help="INT8 calibration images.")
-@click.option("--arch", default=None, help="Architecture of a plain torchvision state_dict.")
-@click.option("--max-batch", default=1, show_default=True, help="Engine profile's largest batch.")
-@click.option("--force", is_flag=True, help="Overwrite outputs in OUT.")
-def convert_command(
-    checkpoint: str, out: str, precision: str, calib_data: str | None, method: str,
-    max_images: int, arch: str | None, max_batch: int, force: bool,
-) -> None:  # fmt: skip
-    """CHECKPOINT to a TensorRT engine: export, precision, surgery, build (where TensorRT is)."""
-    from .convert import convert
+@click.command("demo")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Dataset and model cache [default: $MASKRT_CACHE_DIR or ~/.cache/maskrt].",
+)
+@click.option("--retrain", is_flag=True, help="Train the demo model again even if cached.")
+@iters_option
+def demo_command(cache_dir: str | None, retrain: bool, iters: int) -> None:
+    """The main job on the embedded data: train, export, convert, and prove it in COCO AP.
 
-    result = convert(
-        checkpoint, out, precision=precision, calib_data=calib_data, arch=arch, method=method,
-        max_images=max_images, max_batch=max_batch, force=force, show_progress=True,
-        log=lambda m: click.echo(m, err=True),
-    )  # fmt: skip
-    click.echo(f"deploy graph: {result.graph}")
-    click.echo(f"TensorRT input: {result.surgered}")
-    click.echo(f"engine: {result.engine}" if result.engine else result.note)
+    Ends with one table: PyTorch FP32 against the ONNX FP32, surgered (plugin), FP16 and INT8
+    graphs (and TensorRT engines where TensorRT is installed); exits 1 if a ΔAP is out of
+    tolerance."""
+    from .demo import run_demo
+
+    report = run_demo(
+        Path(cache_dir) if cache_dir else default_cache_dir(),
+        retrain=retrain,
+        iters=iters,
+        echo=click.echo,
+    )
+    if not report.passed:
+        raise MaskrtError("validation failed: " + "; ".join(report.failures))
 
 
-COMMANDS.append(convert_command)
+COMMANDS = [convert_command, validate_command, eval_command, bench_command, demo_command]

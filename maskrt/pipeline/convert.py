@@ -9,13 +9,14 @@ and says why.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import MaskrtError
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from maskrt.contract import PRECISIONS
+from maskrt.errors import MaskrtError
+from maskrt.specs import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ConvertResult:
 def tensorrt_missing() -> str | None:
     """Why no engine can be built here, or None when TensorRT is usable."""
     try:
-        from .runtime.trt.common import tensorrt
+        from maskrt.runtime.trt.common import tensorrt
 
         tensorrt()
     except MaskrtError as e:
@@ -64,34 +65,33 @@ def tensorrt_missing() -> str | None:
     return None
 
 
-def export_step(checkpoint: str | os.PathLike[str], dst: Path, arch: str | None = None) -> None:
-    from .checkpoint import load_checkpoint
-    from .export import export_onnx
+def export_step(spec: ModelSpec, model: Any, dst: Path, compact_heads: bool = False) -> None:
+    """Export the torchvision ``model`` (described by ``spec``) to the FP32 deploy graph ``dst``."""
+    from maskrt.export import export_onnx
 
-    spec, model = load_checkpoint(checkpoint, arch=arch)
-    export_onnx(spec, model, dst, force=True)
+    export_onnx(spec, model, dst, compact_heads=compact_heads, force=True)
 
 
 def precision_step(
     fp32: Path,
     dst: Path,
     precision: str,
-    calib_data: str | os.PathLike[str] | None,
+    calib_data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
     method: str,
-    max_images: int,
+    calib_images: int,
     cache: Path | None,
     show_progress: bool,
 ) -> None:
     """Write the ``precision`` version of the FP32 deploy graph ``fp32`` to ``dst``."""
-    from .calibration import calibrate_fp16, quantize_to_int8
+    from maskrt.calibration import calibrate_fp16, quantize_to_int8
 
     if precision == "fp16":
         calibrate_fp16(fp32, dst, force=True)
     elif precision == "int8":
-        if calib_data is None:
+        if not calib_data:
             raise MaskrtError("INT8 needs calibration images: pass --calib-data DIR")
         quantize_to_int8(
-            fp32, dst, calib_data, method=method, max_images=max_images, cache=cache,
+            fp32, dst, calib_data, method=method, max_images=calib_images, cache=cache,
             force=True, show_progress=show_progress,
         )  # fmt: skip
     elif precision != "fp32":
@@ -99,19 +99,18 @@ def precision_step(
 
 
 def surgery_step(src: Path, dst: Path) -> None:
-    from .plugins.surgery import surgery_file
+    from maskrt.plugins.surgery import surgery_file
 
     surgery_file(src, dst, force=True)
 
 
 def build_step(surgered: Path, engine: Path, max_batch: int = 1) -> None:
     """Build ``surgered`` into ``engine`` with the default optimisation profile of its spec."""
-    from .runtime.backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
-    from .runtime.profiles import default_profile, onnx_input_dims
-    from .runtime.trt.build import build_engine
+    from maskrt.onnxio import read_spec
+    from maskrt.runtime.profiles import default_profile, onnx_input_dims
+    from maskrt.runtime.trt.build import build_engine
 
-    meta, _ = read_graph_facts(surgered)
-    spec = spec_from_metadata(meta, str(surgered))
+    spec = read_spec(surgered)
     profile = default_profile(onnx_input_dims(surgered), spec, max_batch)
     build_engine(surgered, engine, profile, force=True)
 
@@ -120,10 +119,10 @@ def convert(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
     precision: str = "fp32",
-    calib_data: str | os.PathLike[str] | None = None,
+    calib_data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     arch: str | None = None,
     method: str = "entropy",
-    max_images: int = 512,
+    calib_images: int = 512,
     max_batch: int = 1,
     force: bool = False,
     show_progress: bool = False,
@@ -134,7 +133,7 @@ def convert(
         raise MaskrtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not Path(checkpoint).is_file():
         raise MaskrtError(f"checkpoint {checkpoint} does not exist")
-    if precision == "int8" and calib_data is None:
+    if precision == "int8" and not calib_data:
         raise MaskrtError("INT8 needs calibration images: pass --calib-data DIR")
     paths = ArtifactPaths(Path(out))
     targets = (paths.fp32, paths.graph(precision), paths.surgered(precision))
@@ -144,11 +143,15 @@ def convert(
     paths.out.mkdir(parents=True, exist_ok=True)
 
     log(f"export -> {paths.fp32}")
-    export_step(checkpoint, paths.fp32, arch=arch)
+    from maskrt.checkpoint import load_checkpoint
+
+    spec, model = load_checkpoint(checkpoint, arch=arch)
+    export_step(spec, model, paths.fp32)
+    del model
     graph = paths.graph(precision)
     if precision != "fp32":
         log(f"{precision} -> {graph}")
-        precision_step(paths.fp32, graph, precision, calib_data, method, max_images,
+        precision_step(paths.fp32, graph, precision, calib_data, method, calib_images,
                        paths.calibration_cache, show_progress)  # fmt: skip
     surgered = paths.surgered(precision)
     log(f"surgery -> {surgered}")

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .data.shapes import make_shapes_dataset, split_paths
-from .errors import MaskrtError
+from maskrt.errors import MaskrtError
+from maskrt.training.shapes import make_shapes_dataset, split_paths
+
 from .validate import ValidationReport
 
 DEMO_TRAIN_IMAGES = 1000
@@ -42,7 +43,7 @@ def ensure_model(
     path: Path, data_root: Path, retrain: bool, iters: int, echo: Callable[[str], None]
 ) -> Path:
     """The cached demo checkpoint, trained on first use (or when ``retrain``)."""
-    from .train import TrainConfig, train_demo
+    from maskrt.training.train import TrainConfig, train_demo
 
     if path.is_file() and not retrain:
         echo(f"Reusing the demo model {path}")

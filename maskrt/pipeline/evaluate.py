@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .coco import CocoScores, evaluate_detections, load_coco, write_results
-from .detections import Detections
-from .errors import MaskrtError
+from maskrt.coco import CocoScores, evaluate_detections, load_coco, write_results
+from maskrt.detections import Detections
+from maskrt.errors import MaskrtError
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def evaluate_artifact(
     ``backend`` None picks the artifact's natural backend (checkpoint: torch, .onnx:
     onnxruntime, .engine: tensorrt). ``limit`` evaluates only the first N images (by id).
     """
-    from .runtime import load_predictor
+    from maskrt.runtime import load_predictor
 
     coco_gt = load_coco(ann_file)
     image_ids = sorted(coco_gt.getImgIds())[: limit if limit else None]

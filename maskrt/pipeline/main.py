@@ -1,7 +1,8 @@
 """The `maskrt` command line: a thin layer of click verbs over the library functions.
 
-Each stage keeps its verbs in its own ``cli.py`` and they are registered here. Failures on bad
-input are one line on stderr and a non-zero exit, never a traceback.
+Each verb lives in the ``cli.py`` of the package whose library it wraps and is registered here,
+the one place. Failures on bad input are one line on stderr and a non-zero exit, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from .errors import MaskrtError
+from maskrt.errors import MaskrtError
 
 
 class _Group(click.Group):
@@ -47,16 +48,16 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import commands
-    from .export.cli import export_command
-    from .plugins.surgery_cli import surgery_command
-    from .runtime.cli import build_command, infer_command
+    from maskrt.calibration.cli import calibrate_command
+    from maskrt.export.cli import export_command
+    from maskrt.plugins.surgery.cli import surgery_command
+    from maskrt.runtime.cli import build_command, infer_command
+    from maskrt.training import cli as training_cli
 
-    stage_commands = [export_command, surgery_command, build_command, infer_command]
-    from .calibration.cli import calibrate_command, validate_command
+    from . import cli as pipeline_cli
 
-    stage_commands += [calibrate_command, validate_command]
-    for command in [*commands.COMMANDS, *stage_commands]:
+    stages = [export_command, calibrate_command, surgery_command, build_command, infer_command]
+    for command in [*training_cli.COMMANDS, *stages, *pipeline_cli.COMMANDS]:
         main.add_command(command)
 
 

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from .detections import Detections
-from .errors import MaskrtError
-from .fileio import atomic_write_text
+from maskrt.detections import Detections, match_detections
+from maskrt.errors import MaskrtError
+from maskrt.fileio import atomic_write_text
+from maskrt.specs import ModelSpec
 
 DEFAULT_TOLERANCES: dict[str, float] = {"fp32": 0.1, "fp16": 0.3, "int8": 1.5}
-MATCH_IOU = 0.5
 CONFIDENT_SCORE = 0.5
 
 
@@ -163,37 +163,6 @@ def parse_tolerances(text: str | None) -> dict[str, float]:
 # ---------------------------------------------------------------------------- detection matching
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N, 4] and b [M, 4] (x1, y1, x2, y2): [N, M]."""
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clip(0).prod(axis=2)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def match_detections(
-    ref: Detections, other: Detections, iou_threshold: float = MATCH_IOU
-) -> list[tuple[int, int]]:
-    """One-to-one (ref index, other index) pairs: each reference detection, in descending score,
-    takes the unmatched detection of the same label with the highest IoU above the threshold."""
-    if len(ref) == 0 or len(other) == 0:
-        return []
-    iou = box_iou(ref.boxes.astype(np.float64), other.boxes.astype(np.float64))
-    iou[ref.labels[:, None] != other.labels[None, :]] = 0.0
-    taken = np.zeros(len(other), bool)
-    pairs = []
-    for i in np.argsort(-ref.scores, kind="stable"):
-        cand = np.where(~taken & (iou[i] > iou_threshold), iou[i], -1.0)
-        j = int(np.argmax(cand))
-        if cand[j] > iou_threshold:
-            taken[j] = True
-            pairs.append((int(i), j))
-    return pairs
-
-
 @dataclass(frozen=True)
 class DetectionDiffs:
     """Per matched detection: mean |box coordinate difference| (px) and |score difference|;
@@ -264,8 +233,8 @@ def run_artifact(
     """Detections of every image (one per call) and the mean latency of ``predict``."""
     from tqdm import tqdm
 
-    from .runtime import load_predictor
-    from .runtime.images import read_image
+    from maskrt.runtime import load_predictor
+    from maskrt.runtime.images import read_image
 
     detections: dict[int, Detections] = {}
     total = 0.0
@@ -293,6 +262,8 @@ class _Plan:
 
 def _plans(
     checkpoint: Path,
+    spec: ModelSpec,
+    model: Any,
     out: Path,
     calib_dir: Path,
     calib_images: int,
@@ -314,7 +285,7 @@ def _plans(
 
     plans = [
         _Plan("PyTorch FP32", "fp32", "torch", checkpoint, None),
-        _Plan("ONNX FP32", "fp32", "onnxruntime", fp32, lambda: export_step(checkpoint, fp32)),
+        _Plan("ONNX FP32", "fp32", "onnxruntime", fp32, lambda: export_step(spec, model, fp32)),
         _Plan("ONNX FP32 surgered", "fp32", "onnxruntime", paths.surgered("fp32"),
               lambda: surgery_step(fp32, paths.surgered("fp32"))),
         _Plan("ONNX FP16", "fp16", "onnxruntime", paths.graph("fp16"), make_precision("fp16")),
@@ -350,10 +321,11 @@ def validate(
     maskrt dataset root ``data`` (calibrating INT8 on its train split) and write the table to
     ``out/validation.md`` and ``out/validation.json``. Does not raise on a failed tolerance:
     check :attr:`ValidationReport.passed`."""
-    from .checkpoint import load_checkpoint
-    from .coco import evaluate_detections, iou_types_for, load_coco
+    from maskrt.checkpoint import load_checkpoint
+    from maskrt.coco import evaluate_detections, iou_types_for, load_coco
+    from maskrt.training.shapes import split_paths
+
     from .convert import tensorrt_missing
-    from .data.shapes import split_paths
 
     tol = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
     ckpt = Path(checkpoint)
@@ -366,7 +338,7 @@ def validate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    spec, _ = load_checkpoint(ckpt)
+    spec, model = load_checkpoint(ckpt)
     iou_types = iou_types_for(spec.has_masks, spec.has_keypoints)
     coco_gt = load_coco(ann_file)
     image_ids = sorted(coco_gt.getImgIds())[: limit if limit else None]
@@ -375,7 +347,9 @@ def validate(
     paths = [images_dir / coco_gt.imgs[i]["file_name"] for i in image_ids]
 
     trt_note = tensorrt_missing()
-    plans = _plans(ckpt, out_dir, calib_dir, calib_images, method, trt_note is None, show_progress)
+    plans = _plans(
+        ckpt, spec, model, out_dir, calib_dir, calib_images, method, trt_note is None, show_progress
+    )
     rows: list[Row] = []
     reference: dict[int, Detections] | None = None
     ref_ap: dict[str, float] = {}

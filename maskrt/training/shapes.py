@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import MaskrtError
-from ..fileio import atomic_path, atomic_write_text
-from ..specs import SHAPES_CATEGORIES
+from maskrt.errors import MaskrtError
+from maskrt.fileio import atomic_path, atomic_write_text
+from maskrt.specs import SHAPES_CATEGORIES
 
 SPLITS = ("train", "val")
 MIN_SIDE, MAX_SIDE = 96, 200  # image side lengths in pixels

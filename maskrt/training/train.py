@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import save_checkpoint
-from .data.shapes import make_shapes_dataset, split_paths
-from .errors import MaskrtError
-from .specs import ModelSpec, build_model, demo_spec
+from maskrt.checkpoint import save_checkpoint
+from maskrt.errors import MaskrtError
+from maskrt.specs import ModelSpec, build_model, demo_spec
+
+from .shapes import make_shapes_dataset, split_paths
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,51 +11,14 @@ import numpy as np
 
 from maskrt import contract
 from maskrt.errors import MaskrtError
-from maskrt.specs import ModelSpec, SpecError
-
-# Domains ONNX Runtime implements itself; any other domain is a custom (plugin) op.
-_BUILTIN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+from maskrt.onnxio import custom_op_types, load_onnx, metadata, spec_from_metadata
 
 
-def read_graph_facts(path: str | os.PathLike[str]) -> tuple[dict[str, str], set[str]]:
-    """(metadata_props, custom op types) of an ONNX file, without loading its weights."""
-    import onnx
-
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a non-ONNX file
-        raise MaskrtError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    # Ops defined by a local ONNX function (the exporter's MultiScaleRoIAlign) run as is.
-    local = {(f.domain, f.name) for f in model.functions}
-    custom = {
-        n.op_type
-        for n in model.graph.node
-        if n.domain not in _BUILTIN_DOMAINS and (n.domain, n.op_type) not in local
-    }
-    return meta, custom
-
-
-def spec_from_metadata(meta: Mapping[str, str], source: str) -> ModelSpec:
-    """The ModelSpec an exported graph carries; refuses graphs of another contract version."""
-    if contract.META_MODEL_SPEC not in meta:
-        raise MaskrtError(f"{source} is not a maskrt deploy graph (no {contract.META_MODEL_SPEC})")
-    version = meta.get(contract.META_CONTRACT_VERSION)
-    if version != contract.CONTRACT_VERSION:
-        raise MaskrtError(
-            f"{source} follows deploy contract {version}; this maskrt reads "
-            f"{contract.CONTRACT_VERSION} (re-export it)"
-        )
-    try:
-        return ModelSpec.from_json(meta[contract.META_MODEL_SPEC])
-    except (SpecError, ValueError, TypeError) as e:
-        raise MaskrtError(f"{source} carries a bad model spec: {e}") from None
-
-
-def _plugin_session(path: Path) -> tuple[Any, str | bytes]:
+def _plugin_session(path: Path, model: Any) -> tuple[Any, str | bytes]:
     """SessionOptions with maskrt's plugin ops registered for the CPU (maskrt.plugins.ort), and
     what to load: ``path`` itself, or the graph rewritten in memory when its plugin nodes carry
     FP16 tensors, which the Python ops cannot take (the file, TensorRT's input, is not changed).
+    ``model`` is the file's graph without its external weights.
     """
     import onnx
 
@@ -65,7 +28,6 @@ def _plugin_session(path: Path) -> tuple[Any, str | bytes]:
         raise MaskrtError(
             f"this graph holds maskrt plugin nodes but their ONNX Runtime ops cannot load ({e})"
         ) from None
-    model = onnx.load(os.fspath(path), load_external_data=False)
     options = ort_session_options(model=model)
     if not upcast_plugin_nodes(model):
         return options, os.fspath(path)
@@ -105,13 +67,15 @@ class OrtRunner:
             )
 
         self.path = Path(path)
-        meta, custom_ops = read_graph_facts(self.path)
+        graph = load_onnx(self.path, weights=False)
+        meta = metadata(graph)
         self.spec = spec_from_metadata(meta, str(self.path))
-        self.surgered = meta.get(contract.META_SURGERED) == "1" or bool(custom_ops)
+        self.surgered = meta.get(contract.META_SURGERED) == "1" or bool(custom_op_types(graph))
         source: str | bytes = os.fspath(self.path)
         options = ort.SessionOptions()
         if self.surgered:
-            options, source = _plugin_session(self.path)
+            options, source = _plugin_session(self.path, graph)
+        del graph
         if threads:
             options.intra_op_num_threads = threads
         if optimization is not None:

@@ -12,7 +12,7 @@ from maskrt.detections import Detections
 from maskrt.errors import MaskrtError
 from maskrt.specs import ModelSpec
 
-from ..predictor import Predictor
+from ..base import Predictor
 from ..preprocess import check_image
 
 

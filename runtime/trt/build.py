@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.fileio import atomic_write_bytes, check_writable, sha256_file
+from maskrt.onnxio import read_graph_facts, spec_from_metadata
 
-from ..backends.onnxruntime_backend import read_graph_facts, spec_from_metadata
 from ..profiles import ShapeRange
 from ..sidecar import Sidecar, sidecar_path, write_sidecar
 from .common import load_plugins, logger, machine_facts, tensorrt, trt_major
