@@ -5,11 +5,34 @@ TensorRT 11 builds only strongly typed networks, so precision lives in the ONNX 
 * :func:`calibrate_fp16` / :func:`convert_to_fp16` -- FP16 features, FP32 coordinates and scores;
 * :func:`quantize_to_int8` -- symmetric INT8 Q/DQ (per-channel weights, per-tensor activations)
   from MinMax, Percentile or Entropy calibration, with a keyed calibration cache.
+
+The names below load on first use, so that the command line can list the methods without
+importing onnx.
 """
 
-from .fp16 import Fp16Summary, calibrate_fp16, convert_to_fp16
-from .int8 import METHODS, Int8Summary, find_calibration_images, quantize_to_int8
-from .regions import Regions, find_regions, int8_nodes
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .methods import METHODS
+
+if TYPE_CHECKING:
+    from .fp16 import Fp16Summary, calibrate_fp16, convert_to_fp16
+    from .int8 import Int8Summary, find_calibration_images, quantize_to_int8
+    from .regions import Regions, find_regions, int8_nodes
+
+_WHERE = {
+    "Fp16Summary": ".fp16",
+    "calibrate_fp16": ".fp16",
+    "convert_to_fp16": ".fp16",
+    "Int8Summary": ".int8",
+    "find_calibration_images": ".int8",
+    "quantize_to_int8": ".int8",
+    "Regions": ".regions",
+    "find_regions": ".regions",
+    "int8_nodes": ".regions",
+}
 
 __all__ = [
     "METHODS",
@@ -23,3 +46,9 @@ __all__ = [
     "int8_nodes",
     "quantize_to_int8",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

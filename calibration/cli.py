@@ -8,13 +8,13 @@ import click
 from maskrt.cliargs import calib_data_option, calib_images_option, force_option, output_option
 from maskrt.errors import MaskrtError
 
-from .int8 import METHODS
+from .methods import DEFAULT_METHOD, METHODS
 
 # Shared by every verb that calibrates INT8 (calibrate, convert, validate).
 method_option = click.option(
     "--method",
     type=click.Choice(METHODS),
-    default="entropy",
+    default=DEFAULT_METHOD,
     show_default=True,
     help="INT8: how activation ranges are chosen (minmax, percentile, entropy/KL).",
 )

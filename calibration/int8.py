@@ -51,6 +51,7 @@ from .graphs import (
     remove_dead_nodes,
     set_precision,
 )
+from .methods import METHODS
 from .regions import (
     MATMUL_OPS,
     find_regions,
@@ -61,7 +62,6 @@ from .regions import (
     roi_head_tensors,
 )
 
-METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MAX_IMAGES = 512
 # ORT's entropy default (128 bins for 128 quantized bins) leaves the KL search no thresholds to
 # try, which is MinMax; TensorRT uses 2048, but ORT's pure-Python KL search costs O(bins^2) per

@@ -3,3 +3,31 @@
 
 class MaskrtError(Exception):
     """Bad input or an unmet precondition, explained in one line for the user."""
+
+
+# The extra of `pip install "maskrt[...]"` that brings each optional library (pyproject.toml's
+# optional-dependencies): the base install is the runtime alone.
+EXTRA_OF_MODULE = {
+    "torch": "export",
+    "torchvision": "export",
+    "onnx_graphsurgeon": "export",
+    "onnx": "cpu",
+    "onnxruntime": "cpu",
+    "onnxruntime_extensions": "cpu",
+    "tensorrt": "trt",
+    "pycuda": "trt",
+}
+
+
+def missing_extra(error: BaseException, what: str) -> MaskrtError | None:
+    """A one-line error naming the extra to install when ``error`` is a missing optional
+    library; None for any other import failure. ``what`` is what needed it (a verb)."""
+    if not isinstance(error, ImportError):
+        return None
+    module = (error.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return MaskrtError(
+        f'{what} needs {module}, which is not installed: pip install "maskrt[{extra}]"'
+    )

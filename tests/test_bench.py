@@ -68,3 +68,23 @@ def test_bench_cli_errors(tmp_path: Path) -> None:
     r = runner.invoke(main, ["bench", "--arch", "demo_maskrcnn", "--precision", "int8"])
     assert r.exit_code == 1 and "--calib-data" in r.output
     assert "Traceback" not in r.output
+
+
+def test_peak_rss_children_hold_only_their_side(
+    demo_checkpoint: Path, shapes_dataset: Path
+) -> None:
+    """Each side's peak RSS comes from a fresh process that loads only what that side needs:
+    the ONNX Runtime side never imports torch (it reads its spec from the graph)."""
+    report = bench_end_to_end(
+        _val_images(shapes_dataset, 2),
+        checkpoint=demo_checkpoint,
+        reps=1,
+        batch_sizes=(1,),
+        log=lambda _: None,
+    )
+    assert report["peak_rss_loaded_torch"] == {
+        "torchvision eager": True,
+        "maskrt onnxruntime fp32": False,
+    }
+    assert all(rss > 50 for rss in report["peak_rss_mib"].values())
+    assert "Peak RSS" in format_report(report)

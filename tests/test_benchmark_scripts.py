@@ -52,3 +52,14 @@ def test_deploy_model_benchmark_matches_torchvision(tmp_path: Path) -> None:
         # measured 0 (the same torch kernels), ORT 1.31.1 and 1.32.0; 1e-4 as SCORE_TOL in
         # test_export
         assert rows[name]["max_score_diff"] <= 1e-4, rows[name]
+
+
+def test_memory_benchmark_runs_each_configuration_alone(
+    demo_checkpoint: Path, shapes_dataset: Path
+) -> None:
+    """One fresh `maskrt infer` per configuration: the ONNX Runtime one loads no torch."""
+    r = _run("bench_memory.py", str(demo_checkpoint), str(shapes_dataset / "val"), "--count", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {ln.split("|")[1].strip(): ln.split("|")[3].strip() for ln in r.stdout.splitlines()
+            if ln.startswith("| ") and "MiB" not in ln}  # fmt: skip
+    assert rows == {"torchvision eager": "True", "onnxruntime, full install": "False"}

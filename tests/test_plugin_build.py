@@ -83,6 +83,35 @@ def test_tensorrt_plugin_builds(tmp_path: Path) -> None:
     assert PLUGIN_NAME.encode() in blob and SINGLE_PLUGIN_NAME.encode() in blob
 
 
+@pytest.mark.slow  # ~40 s: configures CUDA and compiles the plugin for sm_87
+@pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
+@pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)")
+@pytest.mark.skipif(
+    not (TRT_INCLUDE / "NvInfer.h").is_file(),
+    reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
+)
+def test_plugin_finds_tensorrt_in_a_jetpack_layout(tmp_path: Path) -> None:
+    """JetPack 6 (aarch64) installs TensorRT's headers in /usr/include/aarch64-linux-gnu and
+    libnvinfer in /usr/lib/aarch64-linux-gnu. A fake sysroot with that layout (the real headers
+    copied in, no libnvinfer) is found with no TensorRT path given, and the plugin compiles for
+    Orin's sm_87 against it. Compile-only: nothing here is aarch64 code or a TensorRT run."""
+    sysroot = tmp_path / "jetson"
+    include = sysroot / "usr" / "include" / "aarch64-linux-gnu"
+    shutil.copytree(TRT_INCLUDE, include)
+    (sysroot / "usr" / "lib" / "aarch64-linux-gnu").mkdir(parents=True)
+    log = _configure_and_build(
+        tmp_path / "build",
+        "maskrt_roialign_trt",
+        f"-DCMAKE_FIND_ROOT_PATH={sysroot}",
+        "-DCMAKE_CUDA_ARCHITECTURES=87",
+    )
+    line = next(x for x in log.splitlines() if "maskrt: TensorRT plugin:" in x)
+    assert f"headers {include}" in line and "compile-only" in line, line
+    cuda = next(x for x in log.splitlines() if "maskrt: CUDA RoIAlign kernels:" in x)
+    assert "architectures 87: as asked" in cuda, cuda
+    assert (tmp_path / "build" / "plugins" / "libmaskrt_roialign_trt.so").is_file()
+
+
 def _configure_only(build: Path, *defines: str) -> str:
     configure = subprocess.run(
         [CMAKE, "-S", str(ROOT), "-B", str(build), "-DMASKRT_WITH_CUDA=OFF", *defines],

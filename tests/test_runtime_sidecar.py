@@ -70,8 +70,10 @@ def test_compatible_machine_passes() -> None:
     ],
 )
 def test_mismatches_are_refused(change: dict, message: str) -> None:
-    with pytest.raises(MaskrtError, match=message):
+    with pytest.raises(MaskrtError, match=message) as refused:
         check_compatible(_sidecar(), dataclasses.replace(HERE, **change))
+    if "plugin_sha256" not in change:  # another TensorRT or GPU: say how to get a good engine
+        assert "rebuild it here with `maskrt build`" in str(refused.value)
 
 
 def test_engine_hash_mismatch_and_bad_files(tmp_path: Path) -> None:

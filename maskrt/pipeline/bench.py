@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -161,18 +162,22 @@ def _child_peak_rss(
     reps: int,
     queue: Any,
 ) -> None:
-    """Run one side alone in a fresh process and report its peak RSS (MiB)."""
-    spec, model = _load(checkpoint, arch)
-    side: Any = (
-        TorchvisionSide(model) if kind == "torch" else OnnxRuntimeSide(Path(onnx_path or ""), spec)
-    )
-    if kind != "torch":
-        del model
+    """Run one side alone in a fresh process and report its peak RSS (MiB) and whether torch
+    was loaded. The ONNX Runtime side holds only what it needs: the graph (its spec read from
+    the graph's metadata), never torch or the model."""
+    side: Any
+    if kind == "torch":
+        _, model = _load(checkpoint, arch)
+        side = TorchvisionSide(model)
+    else:
+        from maskrt.onnxio import read_spec
+
+        side = OnnxRuntimeSide(Path(onnx_path or ""), read_spec(onnx_path or ""))
     times = StageTimes()
     for _ in range(reps):
         for im in images:
             side.run([im], times)
-    queue.put(peak_rss_mib())
+    queue.put((peak_rss_mib(), "torch" in sys.modules))
 
 
 def _peak_rss(
@@ -182,7 +187,8 @@ def _peak_rss(
     onnx_path: str | None,
     images: list[np.ndarray],
     reps: int = 2,
-) -> float:
+) -> tuple[float, bool]:
+    """(peak RSS in MiB, torch loaded) of one side run alone in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(
@@ -190,7 +196,8 @@ def _peak_rss(
     )
     proc.start()
     try:
-        return float(queue.get(timeout=1800))
+        rss, torch_loaded = queue.get(timeout=1800)
+        return float(rss), bool(torch_loaded)
     finally:
         proc.join()
 
@@ -302,9 +309,11 @@ def bench_end_to_end(
         if measure_memory:
             log("peak RSS, one fresh process per side ...")
             few = list(images[: min(4, len(images))])
-            report["peak_rss_mib"] = {sides[0].name: _peak_rss("torch", ckpt, arch, None, few)}
+            runs = {sides[0].name: _peak_rss("torch", ckpt, arch, None, few)}
             for side, graph in zip(sides[1:], graphs.values()):
-                report["peak_rss_mib"][side.name] = _peak_rss("ort", ckpt, arch, str(graph), few)
+                runs[side.name] = _peak_rss("ort", ckpt, arch, str(graph), few)
+            report["peak_rss_mib"] = {name: rss for name, (rss, _) in runs.items()}
+            report["peak_rss_loaded_torch"] = {name: t for name, (_, t) in runs.items()}
     return report
 
 

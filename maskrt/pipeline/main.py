@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from maskrt.errors import MaskrtError
+from maskrt.errors import MaskrtError, missing_extra
 
 
 class _Group(click.Group):
@@ -33,6 +33,11 @@ class _Group(click.Group):
         except Exception as e:  # a bug or an unforeseen input: still one line, unless debugging
             if os.environ.get("MASKRT_DEBUG"):
                 raise
+            # an optional stack this install leaves out
+            missing = missing_extra(e, f"maskrt {ctx.invoked_subcommand}")
+            if missing is not None:
+                click.echo(f"Error: {missing}", err=True)
+                sys.exit(1)
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
                 f"Error: unexpected {type(e).__name__}: {first} (set MASKRT_DEBUG=1 for details)",
