@@ -114,13 +114,18 @@ batch_size_option = click.option(
     help="Images per inference call.",
 )
 
-max_batch_option = click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Largest batch of the TensorRT engine's optimisation profile.",
-)
+
+def max_batch_option(default: int = 1) -> Callable[[F], F]:
+    """``--max-batch``: the largest batch an artifact will be run with."""
+    return click.option(
+        "--max-batch",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help="Largest batch it will run with (TensorRT: the engine's optimisation profile; "
+        "Triton: dynamic batching).",
+    )
+
 
 iters_option = click.option(
     "--iters", type=click.IntRange(min=1), default=1500, show_default=True,

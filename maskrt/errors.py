@@ -16,6 +16,7 @@ EXTRA_OF_MODULE = {
     "onnxruntime_extensions": "cpu",
     "tensorrt": "trt",
     "pycuda": "trt",
+    "tritonclient": "serve",
 }
 
 

@@ -71,7 +71,7 @@ def infer_command(
 @click.option("--min", "mins", multiple=True, metavar="NAME:DxD..", help="Minimum input shape.")
 @click.option("--opt", "opts", multiple=True, metavar="NAME:DxD..", help="Optimal input shape.")
 @click.option("--max", "maxs", multiple=True, metavar="NAME:DxD..", help="Maximum input shape.")
-@max_batch_option
+@max_batch_option()
 @click.option(
     "--profiles",
     type=click.IntRange(min=1),

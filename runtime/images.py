@@ -40,20 +40,53 @@ def to_rgb_array(img: object) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode ``path`` to RGB uint8 [H, W, 3], rotated upright by its EXIF orientation."""
+# The largest image accepted (pixels): Pillow's own decompression-bomb limit, 89.5 MP, which an
+# 8K frame (33 MP) passes and a 20000 x 20000 upload (400 MP, 1.2 GB decoded) does not.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _decode(source: object, what: str) -> np.ndarray:
+    """Decode a file path or file object to RGB uint8 [H, W, 3], upright by its EXIF orientation;
+    a one-line MaskrtError naming ``what`` for anything that is not a readable image."""
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:  # type: ignore[arg-type]
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise MaskrtError(
+                        f"{what} is {img.width}x{img.height}: more than "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels"
+                    )
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                return to_rgb_array(upright if upright is not None else img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MaskrtError(f"cannot read {what}: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MaskrtError(
+            f"{what} is larger than {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels"
+        ) from None
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode ``path`` to RGB uint8 [H, W, 3], rotated upright by its EXIF orientation."""
     p = Path(path)
     if not p.is_file():
         raise MaskrtError(f"image {p} does not exist")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_rgb_array(upright if upright is not None else img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise MaskrtError(f"cannot read image {p}: {e}") from None
+    return _decode(p, f"image {p}")
+
+
+def decode_image(data: bytes, what: str = "image") -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, ... bytes) as :func:`read_image` decodes a file."""
+    import io
+
+    if not data:
+        raise MaskrtError(f"cannot read {what}: no bytes")
+    return _decode(io.BytesIO(data), what)
 
 
 def expand_image_paths(inputs: list[str | os.PathLike[str]]) -> list[Path]:

@@ -57,7 +57,7 @@ def _data_split(data: str | None, images: str | None, annotations: str | None) -
 @method_option
 @calib_images_option
 @arch_option
-@max_batch_option
+@max_batch_option()
 @force_option
 def convert_command(
     checkpoint: str, output: str, precision: str, calib_data: tuple[str, ...], method: str,

@@ -57,11 +57,13 @@ def _register() -> None:
     from maskrt.export.cli import export_command
     from maskrt.plugins.surgery.cli import surgery_command
     from maskrt.runtime.cli import build_command, infer_command
+    from maskrt.runtime.triton.cli import serve_command, triton_command
     from maskrt.training import cli as training_cli
 
     from . import cli as pipeline_cli
 
-    stages = [export_command, calibrate_command, surgery_command, build_command, infer_command]
+    stages = [export_command, calibrate_command, surgery_command, build_command, infer_command,
+              triton_command, serve_command]  # fmt: skip
     for command in [*training_cli.COMMANDS, *stages, *pipeline_cli.COMMANDS]:
         main.add_command(command)
 
