@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,21 @@ CMAKE = shutil.which("cmake") or "cmake"
 NVCC = shutil.which("nvcc") or "nvcc"
 HAS_CMAKE = shutil.which("cmake") is not None
 HAS_NVCC = shutil.which("nvcc") is not None
+
+
+def needs_tensorrt_build(test: Callable[..., None]) -> Callable[..., None]:
+    """Skip (with the reason) where the TensorRT plugin cannot be built: no cmake, no nvcc, or
+    no TensorRT headers."""
+    for mark in (
+        pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found"),
+        pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)"),
+        pytest.mark.skipif(
+            not (TRT_INCLUDE / "NvInfer.h").is_file(),
+            reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
+        ),
+    ):
+        test = mark(test)
+    return test
 
 
 def _configure_and_build(build: Path, target: str, *defines: str) -> str:
@@ -50,12 +66,7 @@ def _configure_and_build(build: Path, target: str, *defines: str) -> str:
 
 
 @pytest.mark.slow  # ~20 s: configures CUDA and compiles against the TensorRT headers
-@pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
-@pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)")
-@pytest.mark.skipif(
-    not (TRT_INCLUDE / "NvInfer.h").is_file(),
-    reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
-)
+@needs_tensorrt_build
 def test_tensorrt_plugin_builds(tmp_path: Path) -> None:
     log = _configure_and_build(
         tmp_path,
@@ -84,12 +95,7 @@ def test_tensorrt_plugin_builds(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # ~40 s: configures CUDA and compiles the plugin for sm_87
-@pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
-@pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)")
-@pytest.mark.skipif(
-    not (TRT_INCLUDE / "NvInfer.h").is_file(),
-    reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
-)
+@needs_tensorrt_build
 def test_plugin_finds_tensorrt_in_a_jetpack_layout(tmp_path: Path) -> None:
     """JetPack 6 (aarch64) installs TensorRT's headers in /usr/include/aarch64-linux-gnu and
     libnvinfer in /usr/lib/aarch64-linux-gnu. A fake sysroot with that layout (the real headers
