@@ -25,7 +25,7 @@ from maskrt.training.shapes import split_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs the maskrt command line and says at exit which torch modules were loaded.
+# Runs the maskrt command line and says at exit which heavy libraries were loaded.
 RUNNER = """
 import json, sys
 
@@ -33,7 +33,8 @@ from maskrt.pipeline.main import main
 try:
     main(sys.argv[1:])
 finally:
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+    heavy = ("torch", "torchvision", "onnx", "onnxruntime", "onnx_graphsurgeon")
+    loaded = sorted(m for m in heavy if m in sys.modules)
     print("LOADED " + json.dumps(loaded), file=sys.stderr)
 """
 
@@ -106,13 +107,17 @@ def test_runtime_install_runs_without_torch(
         assert evaluate.returncode == 0, evaluate.stderr[-3000:]
         if side == "runtime":
             for run in (infer, evaluate):
-                assert "LOADED []" in run.stderr, run.stderr[-2000:]
+                assert 'LOADED ["onnx", "onnxruntime"]' in run.stderr, run.stderr[-2000:]
         answers[side] = (
             json.loads((out / "detections.json").read_text()),
             evaluate.stdout,  # detection count and the AP table
         )
     assert answers["runtime"][0], "no detections on the held-out images"
     assert answers["runtime"] == answers["full"]
+
+    # `maskrt --help` needs nothing beyond the base install: it loads none of the extras
+    helped = _maskrt(python, "--help")
+    assert helped.returncode == 0 and "LOADED []" in helped.stderr, helped.stderr[-2000:]
 
     # the export side says which extra it needs, in one line
     refused = _maskrt(python, "export", str(demo_checkpoint), "-o", str(tmp_path / "x.onnx"))
