@@ -12,12 +12,11 @@ batching. The ensembles with a ``tensorrt_plan`` or ``onnxruntime_onnx`` detecto
 written yet.
 """
 
-from .repository import REQUEST_INPUT, RESPONSE_OUTPUTS, write_repository
+from .repository import REQUEST_INPUT, write_repository
 from .server import TritonServer, find_tritonserver
 
 __all__ = [
     "REQUEST_INPUT",
-    "RESPONSE_OUTPUTS",
     "TritonServer",
     "find_tritonserver",
     "write_repository",

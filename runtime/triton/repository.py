@@ -31,7 +31,6 @@ from maskrt.fileio import atomic_write_text
 from maskrt.specs import ModelSpec
 
 REQUEST_INPUT = "image"
-RESPONSE_OUTPUTS = ("num_detections", "boxes", "scores", "labels", "masks", "keypoints")
 DETECTORS = ("python",)
 
 # Repository-side file of the Python-backend model: the real code is maskrt.runtime.triton's
