@@ -3,7 +3,7 @@
 * :mod:`maskrt.plugins.contract` -- plugin names, version, namespace and fields (written once).
 * :func:`multilevel_roi_align` / :func:`roi_align_single` -- the CPU implementation (NumPy).
 * :func:`multilevel_roi_align_cuda` / :func:`roi_align_single_cuda` -- the CUDA kernel (torch).
-* :func:`ort_session_options` -- ONNX Runtime SessionOptions that run plugin nodes on the CPU.
+* :func:`ort_session` -- an ONNX Runtime session that runs a graph's plugin nodes on the CPU.
 * :func:`plugin_library_path` -- the TensorRT plugin library, for ``IPluginRegistry.loadLibrary``.
 """
 
@@ -21,7 +21,7 @@ from maskrt.plugins.contract import (
     MultiLevelRoIAlignFields,
     SingleRoIAlignFields,
 )
-from maskrt.plugins.ort import ort_session_options
+from maskrt.plugins.ort import ort_session, ort_session_options
 from maskrt.plugins.roialign import (
     multilevel_roi_align,
     multilevel_roi_align_cuda,
@@ -52,6 +52,7 @@ __all__ = [
     "built_libraries",
     "multilevel_roi_align",
     "multilevel_roi_align_cuda",
+    "ort_session",
     "ort_session_options",
     "plugin_library_path",
     "roi_align_single",

@@ -13,15 +13,16 @@ kernel throws outside ORT's error handling and the process aborts). A FP16 graph
 in-memory rewrite that wraps them in Casts; the file TensorRT reads keeps its FP16 plugin nodes.
 
 onnxruntime-extensions Python ops take only scalar/string attributes and a fixed number of
-inputs, so the float list ``spatial_scales`` (and with it the number of levels) is fixed when
-the op is registered: it comes from the plugin nodes of ``model`` when one is given, else from
-``spatial_scales``, else it is torchvision's FPN default (0.25, 0.125, 0.0625, 0.03125). All
-plugin nodes of a process share these scales; the scalar fields are read per node.
+inputs, so a multi-level node cannot be run as it is written for TensorRT (a float list
+``spatial_scales``, any number of levels). :func:`ort_rewrite` rewrites a graph in memory for
+ONNX Runtime: each multi-level node's op type gets its level count (``..._L4``, one registered op
+per count, 1 to 8) and its scales as a string attribute, so every node runs with its own scales
+and graphs of different level counts and scales run side by side in one process.
+:func:`ort_session` does it all: copy, rewrite, register, open the session.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,6 @@ import numpy as np
 
 from maskrt.errors import MaskrtError
 from maskrt.plugins.contract import (
-    DEFAULT_SPATIAL_SCALES,
     PLUGIN_DOMAIN,
     PLUGIN_NAME,
     SINGLE_PLUGIN_NAME,
@@ -38,52 +38,43 @@ from maskrt.plugins.contract import (
 )
 from maskrt.plugins.roialign import multilevel_roi_align, roi_align_single
 
-_registered_scales: tuple[float, ...] | None = None
+# Op type suffix per level count, and the string attribute the rewrite adds.
+ATTR_SCALES_TEXT = "spatial_scales_text"
+MAX_LEVELS = 8
+_registered = False
 
 
-def _node_scales(model: Any) -> tuple[float, ...] | None:
-    if isinstance(model, (str, os.PathLike)):
-        from maskrt.onnxio import load_onnx
-
-        model = load_onnx(model, weights=False)
-    found: set[tuple[float, ...]] = set()
-    graphs = [model.graph] + [f for f in model.functions]
-    for g in graphs:
-        for node in g.node:
-            if node.op_type == PLUGIN_NAME:
-                for a in node.attribute:
-                    if a.name == "spatial_scales":
-                        found.add(tuple(float(s) for s in a.floats))
-    if len(found) > 1:
-        raise MaskrtError(f"{PLUGIN_NAME} nodes disagree on spatial_scales: {sorted(found)}")
-    return found.pop() if found else None
+def ort_op_type(levels: int) -> str:
+    """The op type ONNX Runtime runs a multi-level node of ``levels`` feature maps as."""
+    return f"{PLUGIN_NAME}_L{levels}"
 
 
-def _register(scales: tuple[float, ...]) -> None:
-    global _registered_scales
-    if _registered_scales is not None:
-        if len(_registered_scales) != len(scales):
-            raise MaskrtError(
-                f"{PLUGIN_NAME} is registered with ONNX Runtime for "
-                f"{len(_registered_scales)} levels in this process; cannot also run {len(scales)}"
-            )
-        _registered_scales = scales
+def _scales_text(scales: Sequence[float]) -> str:
+    return ",".join(repr(float(s)) for s in scales)  # repr round-trips every float exactly
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
         return
-
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
     int_attrs = ("output_size", "sampling_ratio", "aligned", "canonical_scale", "canonical_level")
+    attrs: dict[str, Any] = {name: PyCustomOpDef.dt_int64 for name in int_attrs}
+    attrs[ATTR_SCALES_TEXT] = PyCustomOpDef.dt_string
 
-    @onnx_op(
-        op_type=PLUGIN_NAME,
-        inputs=[PyCustomOpDef.dt_float] * (len(scales) + 1),
-        outputs=[PyCustomOpDef.dt_float],
-        attrs={name: PyCustomOpDef.dt_int64 for name in int_attrs},
-    )
-    def _multilevel_roi_align(*inputs: np.ndarray, **attrs: int) -> np.ndarray:
-        assert _registered_scales is not None
-        fields = MultiLevelRoIAlignFields(spatial_scales=_registered_scales, **attrs)  # type: ignore[arg-type]
+    def _multilevel_roi_align(*inputs: np.ndarray, **attrs: Any) -> np.ndarray:
+        scales = tuple(float(s) for s in str(attrs.pop(ATTR_SCALES_TEXT)).split(","))
+        fields = MultiLevelRoIAlignFields(spatial_scales=scales, **attrs)
         return multilevel_roi_align(list(inputs[:-1]), inputs[-1], fields)
+
+    for levels in range(1, MAX_LEVELS + 1):
+        onnx_op(
+            op_type=ort_op_type(levels),
+            inputs=[PyCustomOpDef.dt_float] * (levels + 1),
+            outputs=[PyCustomOpDef.dt_float],
+            attrs=attrs,
+        )(_multilevel_roi_align)
 
     @onnx_op(
         op_type=SINGLE_PLUGIN_NAME,
@@ -102,7 +93,7 @@ def _register(scales: tuple[float, ...]) -> None:
     ) -> np.ndarray:
         return roi_align_single(x, rois, batch_indices, SingleRoIAlignFields(**attrs))
 
-    _registered_scales = scales
+    _registered = True
 
 
 def _elem_types(model: Any) -> dict[str, int]:
@@ -177,21 +168,66 @@ def upcast_plugin_nodes(model: Any) -> int:
     return wrapped
 
 
-def ort_session_options(model: Any = None, spatial_scales: Sequence[float] | None = None) -> Any:
-    """``onnxruntime.SessionOptions`` that run maskrt plugin nodes on the CPU.
+def _name_by_levels(model: Any) -> int:
+    """Give each multi-level plugin node of ``model`` (in place) its ONNX Runtime op type and
+    its scales as a string attribute; returns how many nodes changed."""
+    from onnx import helper
 
-    Args:
-        model: optional ``onnx.ModelProto`` or path; the spatial scales are read from its plugin
-            nodes.
-        spatial_scales: the scales when no model is given (default: torchvision's FPN scales).
-    """
+    changed = 0
+    for node in model.graph.node:
+        if node.domain != PLUGIN_DOMAIN or node.op_type != PLUGIN_NAME:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        fields = MultiLevelRoIAlignFields.from_onnx_attributes(attrs)
+        if len(node.input) != len(fields.spatial_scales) + 1:
+            raise MaskrtError(
+                f"{PLUGIN_NAME} node {node.name!r} has {len(node.input) - 1} feature maps "
+                f"but {len(fields.spatial_scales)} spatial_scales"
+            )
+        node.op_type = ort_op_type(len(fields.spatial_scales))
+        node.attribute.append(
+            helper.make_attribute(ATTR_SCALES_TEXT, _scales_text(fields.spatial_scales))
+        )
+        changed += 1
+    return changed
+
+
+def ort_rewrite(model: Any) -> int:
+    """Rewrite ``model`` (an ``onnx.ModelProto``, in place) so that ONNX Runtime's CPU ops run
+    its plugin nodes: FP16 plugin tensors wrapped in Casts (:func:`upcast_plugin_nodes`) and
+    multi-level nodes named by level count with their scales as text. Only the top-level graph
+    is visited: that is where surgery puts the plugin nodes. Returns how many nodes changed
+    (0: ``model`` is unchanged)."""
+    return upcast_plugin_nodes(model) + _name_by_levels(model)
+
+
+def ort_session_options() -> Any:
+    """``onnxruntime.SessionOptions`` with maskrt's plugin ops registered for the CPU; the graph
+    run with them must have been through :func:`ort_rewrite`."""
     import onnxruntime as ort
     from onnxruntime_extensions import get_library_path
 
-    scales = _node_scales(model) if model is not None else None
-    if scales is None:
-        scales = tuple(float(s) for s in (spatial_scales or DEFAULT_SPATIAL_SCALES))
-    _register(scales)
+    _register()
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     return options
+
+
+def ort_session(
+    model: Any, providers: Sequence[str] = ("CPUExecutionProvider",), options: Any = None
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on a copy of ``model`` (``onnx.ModelProto`` with its
+    weights loaded) rewritten by :func:`ort_rewrite`. ``options``: SessionOptions to start from
+    (the plugin ops' library is registered on them)."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime_extensions import get_library_path
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    ort_rewrite(copy)
+    _register()
+    if options is None:
+        options = ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    return ort.InferenceSession(copy.SerializeToString(), options, providers=list(providers))

@@ -162,7 +162,7 @@ def deploy_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("calib") / "model.onnx"
-    export_onnx(demo_spec(), build_model(demo_spec()), path)
+    export_onnx(build_model(demo_spec()), path, spec=demo_spec())
     return path
 
 
@@ -219,7 +219,7 @@ def test_fp16_deploy_graph_runs_like_fp32(deploy_graph: Path, fp16_graph: Path) 
 
 def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path) -> None:
     surgery = pytest.importorskip("maskrt.plugins.surgery")
-    from maskrt.plugins.ort import ort_session_options, upcast_plugin_nodes
+    from maskrt.plugins.ort import ort_session, upcast_plugin_nodes
 
     model, report = surgery.surgery(onnx.load(str(fp16_graph)))
     assert report.replaced == 2
@@ -246,10 +246,9 @@ def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path)
     same_kernels = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ref = _run(onnx.load(str(fp16_graph)), feeds, same_kernels)
     assert upcast_plugin_nodes(model) == 2
-    options = ort_session_options(model)
+    options = ort.SessionOptions()
     options.graph_optimization_level = same_kernels
-    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
-    got = session.run(None, feeds)
+    got = ort_session(model, options=options).run(None, feeds)
     assert ref[0].item() > 0  # detections to compare
     for name, g, r in zip(contract.output_names(True, False), got, ref):
         np.testing.assert_array_equal(g, r, err_msg=name)
@@ -333,12 +332,9 @@ def test_int8_qdq_placement_cache_and_surgery(
     surgery = pytest.importorskip("maskrt.plugins.surgery")
     surgered, report = surgery.surgery(model)
     assert report.replaced == 2
-    from maskrt.plugins import ort_session_options
+    from maskrt.plugins import ort_session
 
-    session = ort.InferenceSession(
-        surgered.SerializeToString(), ort_session_options(surgered), ["CPUExecutionProvider"]
-    )
-    assert session.run(None, feeds)[1].shape == (1, 50, 4)
+    assert ort_session(surgered).run(None, feeds)[1].shape == (1, 50, 4)
 
     # the cache is reused with the same key...
     again = quantize_to_int8(deploy_graph, out, images, method="minmax", cache=cache, force=True)

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from _roialign_cases import FP32_TOL, make_boxes, make_features, torchvision_multilevel
 from onnx import TensorProto, helper
@@ -18,7 +17,7 @@ from maskrt.plugins import (
     MultiLevelRoIAlignFields,
     SingleRoIAlignFields,
     multilevel_roi_align,
-    ort_session_options,
+    ort_session,
 )
 from maskrt.plugins.contract import PLUGIN_DOMAIN
 from maskrt.plugins.ort import upcast_plugin_nodes
@@ -74,10 +73,7 @@ def _pooler_model(
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(
-        model.SerializeToString(), ort_session_options(model), providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
+    return ort_session(model).run(None, feeds)
 
 
 def test_plugin_node_runs_in_onnxruntime() -> None:
@@ -151,10 +147,7 @@ def test_single_level_node_runs_in_onnxruntime() -> None:
         )
     )
     feeds = {"X": x, "rois": rois, "batch_indices": idx}
-    session = ort.InferenceSession(
-        plugin.SerializeToString(), ort_session_options(), providers=["CPUExecutionProvider"]
-    )
-    (ours,) = session.run(None, feeds)
+    (ours,) = ort_session(plugin).run(None, feeds)
     ref = ReferenceEvaluator(original).run(None, feeds)[0]  # type: ignore[index]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_TOL)
 
@@ -175,7 +168,7 @@ def fp16_graphs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("fp16_ort")
     fp32 = folder / "model.onnx"
-    export_onnx(demo_spec(), build_model(demo_spec()), fp32, progress=False)
+    export_onnx(build_model(demo_spec()), fp32, spec=demo_spec(), progress=False)
     fp16 = convert_to_fp16(onnx.load(str(fp32)))
     surgered, report = surgery(fp16)
     assert report.replaced == 2

@@ -131,14 +131,11 @@ def _feeds(batch: int = 2, n: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _session(model: onnx.ModelProto, plugin: bool) -> ort.InferenceSession:
-    options = None
     if plugin:
-        from maskrt.plugins.ort import ort_session_options
+        from maskrt.plugins.ort import ort_session
 
-        options = ort_session_options(model)
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+        return ort_session(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _io(model: onnx.ModelProto) -> list[str]:
@@ -290,7 +287,7 @@ def demo_export() -> onnx.ModelProto:
 
     torch.manual_seed(0)
     spec = demo_spec()
-    return build_onnx(spec, build_model(spec), batch=None, height=128, width=160)
+    return build_onnx(build_model(spec), spec=spec, batch=None, height=128, width=160)
 
 
 @pytest.mark.slow

@@ -29,14 +29,11 @@ pytestmark = pytest.mark.slow
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], plugin: bool) -> list[np.ndarray]:
-    options = None
     if plugin:
-        from maskrt.plugins.ort import ort_session_options
+        from maskrt.plugins.ort import ort_session
 
-        options = ort_session_options(model)
-    sess = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+        return ort_session(model).run(None, feeds)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 
@@ -49,7 +46,7 @@ def test_demo_model_outputs_unchanged_on_heldout_images(
     from maskrt.runtime.preprocess import preprocess
 
     spec, model = load_checkpoint(demo_checkpoint)
-    exported = build_onnx(spec, model)
+    exported = build_onnx(model, spec=spec)
     out, report = surgery(exported)
     assert report.units == 2 and not report.unrecognised
     assert not any(n.op_type == "RoiAlign" or n.domain == UNIT_DOMAIN for n in out.graph.node)

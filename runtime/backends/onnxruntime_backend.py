@@ -16,20 +16,20 @@ from maskrt.onnxio import custom_op_types, load_onnx, metadata, spec_from_metada
 
 def _plugin_session(path: Path, model: Any) -> tuple[Any, str | bytes]:
     """SessionOptions with maskrt's plugin ops registered for the CPU (maskrt.plugins.ort), and
-    what to load: ``path`` itself, or the graph rewritten in memory when its plugin nodes carry
-    FP16 tensors, which the Python ops cannot take (the file, TensorRT's input, is not changed).
-    ``model`` is the file's graph without its external weights.
+    the graph rewritten in memory for them (:func:`maskrt.plugins.ort.ort_rewrite`; the file,
+    TensorRT's input, is not changed). ``model`` is the file's graph without its external
+    weights.
     """
     import onnx
 
     try:
-        from maskrt.plugins.ort import ort_session_options, upcast_plugin_nodes
+        from maskrt.plugins.ort import ort_rewrite, ort_session_options
     except ImportError as e:
         raise MaskrtError(
             f"this graph holds maskrt plugin nodes but their ONNX Runtime ops cannot load ({e})"
         ) from None
-    options = ort_session_options(model=model)
-    if not upcast_plugin_nodes(model):
+    options = ort_session_options()
+    if not ort_rewrite(model):
         return options, os.fspath(path)
     onnx.load_external_data_for_model(model, os.fspath(path.parent))
     return options, model.SerializeToString()
