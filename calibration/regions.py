@@ -24,15 +24,24 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from maskrt import contract
+from maskrt.plugins.contract import (
+    PLUGIN_DOMAIN,
+    PLUGIN_NAME,
+    SINGLE_PLUGIN_NAME,
+    UNIT_DOMAIN,
+    UNIT_OP_TYPE,
+)
 
-UNIT_DOMAIN = "maskrt"
-UNIT_OP = "MultiScaleRoIAlign"
+# (domain, op type) of the RoIAlign units: export's function node and the plugin nodes.
+UNIT_NODES = frozenset(
+    {(UNIT_DOMAIN, UNIT_OP_TYPE), (PLUGIN_DOMAIN, PLUGIN_NAME), (PLUGIN_DOMAIN, SINGLE_PLUGIN_NAME)}
+)
 
 # Operators that transform features without touching coordinates or scores.
 FEATURE_OPS = frozenset(
     {
         "Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization",
-        "Relu", "LeakyRelu", "Add", "Sub", "Mul", "Div",
+        "Relu", "LeakyRelu", "HardSwish", "HardSigmoid", "Add", "Sub", "Mul", "Div",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Upsample", "Pad",
         "Reshape", "Flatten", "Transpose", "Concat", "Slice", "Split",
         "Squeeze", "Unsqueeze", "Identity", "Gather", "Shape", "Size",
@@ -62,8 +71,8 @@ class Regions:
 
 
 def is_unit(node: onnx.NodeProto) -> bool:
-    """A multi-level RoIAlign unit (export's function node, or a plugin node named like it)."""
-    return node.domain not in ("", "ai.onnx") and "RoIAlign" in node.op_type
+    """A RoIAlign unit: export's function node, or a plugin node that replaced it."""
+    return (node.domain, node.op_type) in UNIT_NODES
 
 
 def float_tensors(model: onnx.ModelProto) -> set[str]:
