@@ -65,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="maskrt-memory-") as tmp:
         graph = Path(tmp) / "model.onnx"
         spec, model = load_checkpoint(args.checkpoint)
-        export_onnx(spec, model, graph, compact_heads=True, progress=False)
+        export_onnx(model, graph, spec=spec, compact_heads=True, progress=False)
         del model
         runs = [("torchvision eager", sys.executable, args.checkpoint),
                 ("onnxruntime, full install", sys.executable, graph)]  # fmt: skip

@@ -1,7 +1,8 @@
 """maskrt.export: torchvision detector -> deploy-ready, static-shape ONNX graph.
 
-``export_onnx(spec, model, path)`` writes the graph and returns an :class:`ExportSummary`; the
-RoIAlign units are ``maskrt::MultiScaleRoIAlign`` nodes (see :func:`unit_nodes`).
+``export_onnx(model, path)`` writes the graph of any torchvision two-stage detector, checked
+against the eager module, and returns an :class:`ExportSummary`; the RoIAlign units are
+``maskrt::MultiScaleRoIAlign`` nodes (see :func:`unit_nodes`).
 
 The names below load on first use, so that ``maskrt --help`` and the export verb's option
 parsing do not import torch.

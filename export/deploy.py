@@ -34,6 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign as TvMultiScaleRoIAlign
 from torchvision.ops.poolers import _setup_scales
 
 from maskrt.errors import MaskrtError
+from maskrt.introspect import backbone_features, pooled_names
 
 from .ops import RoIAlignUnit, batched_nms, multiscale_roi_align
 
@@ -158,7 +159,7 @@ class DeployModel(nn.Module):
     @torch.no_grad()
     def _units(self, hw: tuple[int, int]) -> dict[str, RoIAlignUnit]:
         """Pooler constants, from the feature maps of a padded example image."""
-        feats = self.model.backbone(torch.zeros(1, 3, *hw))
+        feats = backbone_features(self.model.backbone, torch.zeros(1, 3, *hw))
         heads = self.model.roi_heads
         poolers = {"box": heads.box_roi_pool}
         if self.has_masks:
@@ -167,14 +168,14 @@ class DeployModel(nn.Module):
             poolers["keypoint"] = heads.keypoint_roi_pool
         units = {}
         for name, pooler in poolers.items():
-            maps = [feats[k] for k in pooler.featmap_names]
+            maps = [feats[k] for k in pooled_names(pooler, list(feats))]
             units[name] = roi_align_unit(pooler, maps, hw)
         return units
 
     def _pool(self, name: str, features: dict[str, Tensor], rois: Tensor) -> Tensor:
         """[B, N, 4] RoIs -> [B * N, C, P, P] through the named RoIAlign unit."""
         pooler = getattr(self.model.roi_heads, f"{name}_roi_pool")
-        maps = [features[k] for k in pooler.featmap_names]
+        maps = [features[k] for k in pooled_names(pooler, list(features))]
         pooled = self.roi_align(maps, rois, self.units[name])
         return pooled.flatten(0, 1)
 
@@ -334,7 +335,7 @@ class DeployModel(nn.Module):
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         x = (images - self.mean) / self.std
-        features = self.model.backbone(x)
+        features = backbone_features(self.model.backbone, x)
         feature_list = list(features.values())
         proposals, proposal_valid = self.proposals(x, feature_list, image_sizes)
         boxes, scores, labels, valid = self.detect(features, proposals, proposal_valid, image_sizes)

@@ -23,10 +23,12 @@ from tqdm import tqdm
 from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.fileio import check_writable
+from maskrt.introspect import reconcile, spec_from_module
 from maskrt.onnxio import IR_VERSION, save_onnx
 from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION, UNIT_OP_TYPE
 from maskrt.specs import ModelSpec
 
+from .check import DEFAULT_MIN_DETECTIONS, EagerCheck, check_against_eager
 from .deploy import DeployModel
 from .functions import multiscale_roi_align_function
 from .tracing import trace_to_onnx
@@ -52,6 +54,7 @@ class ExportSummary:
     inputs: list[tuple[str, str, tuple[str | int, ...]]]
     outputs: list[tuple[str, str, tuple[str | int, ...]]]
     units: list[dict[str, Any]] = field(default_factory=list)
+    check: EagerCheck | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -71,24 +74,32 @@ class ExportSummary:
         lines.append("nodes by type:")
         counts = sorted(self.node_counts.items(), key=lambda kv: (-kv[1], kv[0]))
         lines += [f"  {op:<24} {c}" for op, c in counts]
+        lines.append(str(self.check) if self.check else "not checked against the eager module")
         return "\n".join(lines)
 
 
 def _example_inputs(
-    spec: ModelSpec, batch: int | None, height: int | None, width: int | None
+    spec: ModelSpec, batch: int | None, height: int | None, width: int | None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tracing inputs: two images of different sizes unless the batch is fixed."""
     b = batch or 2
     div = contract.SIZE_DIVISIBLE
     h = height or 256
     w = width or 256
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     images = torch.rand(b, 3, h, w, generator=g)
     sizes = torch.tensor(
         [[h, w]] + [[h - div // 2, w - div] for _ in range(b - 1)], dtype=torch.int32
     )
     sizes = sizes.clamp(min=div)
     return images, sizes
+
+
+def check_inputs(
+    spec: ModelSpec, batch: int | None, height: int | None, width: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager check's inputs: noise images like the tracing inputs, another draw."""
+    return _example_inputs(spec, batch, height, width, seed=1)
 
 
 def _check_size(name: str, value: int | None) -> None:
@@ -143,9 +154,18 @@ def verify(model: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
+def resolve_spec(model: torch.nn.Module, spec: ModelSpec | None = None) -> ModelSpec:
+    """The spec to export ``model`` with: read off the module (refusing what maskrt cannot
+    deploy faithfully), completed by the caller's ``spec`` (its arch, names and factory), which
+    must agree with the module on everything that changes inference."""
+    read = spec_from_module(model)
+    return read if spec is None else reconcile(spec, read)
+
+
 def build_onnx(
-    spec: ModelSpec,
     model: torch.nn.Module,
+    *,
+    spec: ModelSpec | None = None,
     batch: int | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -154,7 +174,8 @@ def build_onnx(
     compact_heads: bool = False,
     step: Callable[[str], None] | None = None,
 ) -> onnx.ModelProto:
-    """The deploy graph of ``model`` (built from ``spec``) as an in-memory, checked ModelProto.
+    """The deploy graph of ``model`` as an in-memory, checked ModelProto (ONNX checks only; the
+    comparison with the eager module is :func:`export_onnx`'s). ``spec`` as in export_onnx.
 
     ``with_proposals`` adds the debug outputs ``proposals`` [B, post_nms_top_n, 4] and
     ``num_proposals`` [B] (for tests; not part of the contract). ``compact_heads`` runs the
@@ -162,6 +183,7 @@ def build_onnx(
     is called as each stage starts (trace, assemble, verify), for progress display.
     """
     step = step or (lambda name: None)
+    spec = resolve_spec(model, spec)
     if opset < MIN_OPSET:
         raise MaskrtError(
             f"--opset must be >= {MIN_OPSET} (RoiAlign coordinate modes), got {opset}"
@@ -176,11 +198,10 @@ def build_onnx(
     deploy = DeployModel(
         model.eval(), with_proposals=with_proposals, compact_heads=compact_heads
     ).eval()
-    if deploy.has_keypoints != spec.has_keypoints or deploy.has_masks != spec.has_masks:
-        raise MaskrtError(f"model does not match its spec's architecture {spec.arch}")
     specs = contract.io_specs(
-        spec.box_detections_per_img, spec.has_masks, spec.has_keypoints, spec.num_keypoints
-    )
+        spec.box_detections_per_img, spec.has_masks, spec.has_keypoints, spec.num_keypoints,
+        spec.mask_size, spec.keypoint_heatmap_size,
+    )  # fmt: skip
     if with_proposals:
         specs += (
             contract.TensorSpec(DEBUG_OUTPUTS[0], "float32", ("B", deploy.post_nms_top_n, 4)),
@@ -243,10 +264,10 @@ def summarize(model: onnx.ModelProto, path: str | os.PathLike[str], opset: int) 
 
 
 def export_onnx(
-    spec: ModelSpec,
     model: torch.nn.Module,
     path: str | os.PathLike[str],
     *,
+    spec: ModelSpec | None = None,
     batch: int | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -254,8 +275,20 @@ def export_onnx(
     compact_heads: bool = False,
     force: bool = False,
     progress: bool = True,
+    check: bool = True,
+    min_check_detections: int = DEFAULT_MIN_DETECTIONS,
 ) -> ExportSummary:
-    """Export ``model`` (an eval-mode torchvision detector built from ``spec``) to ``path``.
+    """Export ``model``, any torchvision two-stage detector (``GeneralizedRCNN``: Faster, Mask
+    or Keypoint R-CNN on an FPN or a single feature map), to ``path``.
+
+    Everything the later stages need is read off the module (:mod:`maskrt.introspect`) into the
+    spec written into the graph's metadata. ``spec``, when given, adds what the module cannot
+    say (arch, category names, factory) and must agree with the module on the rest. A module
+    maskrt cannot deploy faithfully is refused with one line naming the part, before anything
+    is written. ``check`` (default on) compares the graph in ONNX Runtime with the eager module
+    on two noise images before writing (:mod:`maskrt.export.check`; ``min_check_detections``
+    detections at least, with the score thresholds at 0 when needed) and writes nothing if they
+    differ.
 
     ``batch``, ``height`` and ``width`` fix those input dimensions (default: dynamic).
     ``compact_heads`` runs the mask/keypoint heads only on detected rows: faster in ONNX Runtime,
@@ -264,24 +297,45 @@ def export_onnx(
     node per RoI head with its ONNX function definition, and the model spec in its metadata.
     """
     target = check_writable(path, force)
-    with tqdm(total=4, desc=f"export {spec.arch}", disable=not progress, leave=False) as bar:
+    spec = resolve_spec(model, spec)
+    model.eval()
+    with tqdm(
+        total=2 + int(check), desc=f"export {spec.name}", disable=not progress, leave=False
+    ) as bar:
 
         def step(name: str) -> None:
             if bar.n or name != "trace":
                 bar.update(1)
             bar.set_postfix_str(name)
 
-        onnx_model = build_onnx(
-            spec,
-            model,
-            batch=batch,
-            height=height,
-            width=width,
-            opset=opset,
-            compact_heads=compact_heads,
-            step=step,
-        )
+        def build(described: ModelSpec) -> onnx.ModelProto:
+            return build_onnx(
+                model,
+                spec=described,
+                batch=batch,
+                height=height,
+                width=width,
+                opset=opset,
+                compact_heads=compact_heads,
+            )
+
+        step("trace")
+        onnx_model = build(spec)
+        result = None
+        if check:
+            step("check")
+            result = check_against_eager(
+                onnx_model,
+                model,
+                check_inputs(spec, batch, height, width),
+                spec.box_detections_per_img,
+                # the module as it is then (score thresholds at 0), described afresh
+                rebuild=lambda: build(spec_from_module(model)),
+                min_detections=min_check_detections,
+            )
         step("write")
         save_onnx(onnx_model, target, force=True)  # refused at the start unless force
         bar.update(1)
-    return summarize(onnx_model, target, opset)
+    summary = summarize(onnx_model, target, opset)
+    summary.check = result
+    return summary

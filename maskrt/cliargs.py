@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import click
 
-from maskrt.specs import ARCHS
+from maskrt.errors import MaskrtError
+from maskrt.specs import ARCHS, SpecError, parse_factory_args
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,6 +68,47 @@ arch_option = click.option(
     default=None,
     help="Architecture of a plain torchvision state_dict (a maskrt checkpoint names its own).",
 )
+
+
+def model_factory_options(f: F) -> F:
+    """``--model-factory`` and ``--factory-arg``: build the model with the user's own function
+    (the only way maskrt imports user code)."""
+    f = click.option(
+        "--factory-arg",
+        "factory_args",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Keyword argument for --model-factory (a JSON value, else a string); repeatable.",
+    )(f)
+    return click.option(
+        "--model-factory",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="Build the model by importing and calling your own function (package.module:function) "
+        "and load the checkpoint's weights into it; recorded in what maskrt writes.",
+    )(f)
+
+
+def factory_kwargs(model_factory: str | None, factory_args: Sequence[str]) -> dict[str, Any]:
+    """``load_checkpoint`` keyword arguments for the factory options (empty without one);
+    without ``--factory-arg`` a checkpoint's recorded arguments apply."""
+    if model_factory is None:
+        if factory_args:
+            raise MaskrtError("--factory-arg needs --model-factory")
+        return {}
+    try:
+        args = parse_factory_args(factory_args) if factory_args else None
+        return {"factory": model_factory, "factory_args": args}
+    except SpecError as e:
+        raise MaskrtError(str(e)) from None
+
+
+def checkpoint_options(
+    arch: str | None, model_factory: str | None, factory_args: Sequence[str]
+) -> dict[str, Any]:
+    """The torch backend's checkpoint options from ``--arch`` and the factory options."""
+    return {**({"arch": arch} if arch else {}), **factory_kwargs(model_factory, factory_args)}
+
 
 data_option = click.option(
     "--data",

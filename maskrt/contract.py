@@ -11,8 +11,12 @@ An exported maskrt graph has two inputs and padded, fixed-rank outputs::
     boxes           float32 [B, K, 4]      x1, y1, x2, y2 in input-tensor pixels
     scores          float32 [B, K]
     labels          int32   [B, K]         1..num_classes-1 (0 on padding rows)
-    masks           float32 [B, K, 28, 28] mask probabilities of the predicted class (Mask R-CNN)
-    keypoint_logits float32 [B, K, 17, 56, 56]  heatmap logits (Keypoint R-CNN): torchvision's
+    masks           float32 [B, K, M, M]   mask probabilities of the predicted class (Mask R-CNN;
+                                           M: the spec's ``mask_size``, 28 for torchvision's head)
+    keypoint_logits float32 [B, K, J, S, S]
+                                           heatmap logits (Keypoint R-CNN; J, S: the spec's
+                                           ``num_keypoints`` and ``keypoint_heatmap_size``, 17 and
+                                           56 for torchvision's head): torchvision's
                                            heatmaps_to_keypoints resizes each heatmap to a
                                            RoI-dependent size, so the runtime decodes them
                                            (exactly, in numpy).
@@ -68,7 +72,12 @@ def output_names(has_masks: bool, has_keypoints: bool) -> tuple[str, ...]:
 
 
 def io_specs(
-    detections_per_img: int, has_masks: bool, has_keypoints: bool, num_keypoints: int = 17
+    detections_per_img: int,
+    has_masks: bool,
+    has_keypoints: bool,
+    num_keypoints: int = 17,
+    mask_size: int = MASK_SIZE,
+    heatmap_size: int = KEYPOINT_HEATMAP_SIZE,
 ) -> tuple[TensorSpec, ...]:
     """The full contract for one model: the inputs first, then the outputs in graph order."""
     k = detections_per_img
@@ -77,12 +86,12 @@ def io_specs(
         OUTPUT_BOXES: TensorSpec(OUTPUT_BOXES, "float32", ("B", k, 4)),
         OUTPUT_SCORES: TensorSpec(OUTPUT_SCORES, "float32", ("B", k)),
         OUTPUT_LABELS: TensorSpec(OUTPUT_LABELS, "int32", ("B", k)),
-        OUTPUT_MASKS: TensorSpec(OUTPUT_MASKS, "float32", ("B", k, MASK_SIZE, MASK_SIZE)),
+        OUTPUT_MASKS: TensorSpec(OUTPUT_MASKS, "float32", ("B", k, mask_size, mask_size)),
         OUTPUT_KEYPOINTS: TensorSpec(OUTPUT_KEYPOINTS, "float32", ("B", k, num_keypoints, 3)),
         OUTPUT_KEYPOINT_LOGITS: TensorSpec(
             OUTPUT_KEYPOINT_LOGITS,
             "float32",
-            ("B", k, num_keypoints, KEYPOINT_HEATMAP_SIZE, KEYPOINT_HEATMAP_SIZE),
+            ("B", k, num_keypoints, heatmap_size, heatmap_size),
         ),
     }
     inputs = (

@@ -1,14 +1,22 @@
-"""Model specs: everything needed to rebuild a supported torchvision detector.
+"""Model specs: what a torchvision two-stage detector is, apart from its weights.
 
 A :class:`ModelSpec` is plain data (JSON-serialisable), carried inside every maskrt
-checkpoint and every exported ONNX file, so that later stages need only the file.
-:func:`build_model` turns a spec into a ``torch.nn.Module`` in eval mode.
+checkpoint and every exported ONNX file, so that later stages need only the file. It is read
+off a live module by :func:`maskrt.introspect.spec_from_module`; :func:`build_model` turns it
+back into a ``torch.nn.Module`` in eval mode when it names a builder (one of :data:`ARCHS`, or
+the user's own factory function, imported only when the caller allows it).
+
+Specs carry ``spec_version`` ("major.minor", absent = "1.0"): a reader refuses a newer major
+version and ignores fields it does not know from a newer minor one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +28,14 @@ TORCHVISION_ARCHS = (
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
     "keypointrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
 )
 ARCHS = (DEMO_ARCH, *TORCHVISION_ARCHS)
+# Any other GeneralizedRCNN: rebuilt by its ``factory`` when it names one, else not at all.
+CUSTOM_ARCH = "custom"
+
+SPEC_VERSION = "1.1"
 
 # The synthetic shapes dataset's categories (COCO ids 1..3); index 0 is background.
 SHAPES_CATEGORIES = ("circle", "square", "triangle")
@@ -31,13 +45,42 @@ class SpecError(ValueError):
     """A model spec that cannot describe a supported model."""
 
 
+def _version_parts(version: str) -> tuple[int, int]:
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise SpecError(f"bad model spec version {version!r}") from None
+
+
+def _major(version: str) -> int:
+    return _version_parts(version)[0]
+
+
+def _minor(version: str) -> int:
+    return _version_parts(version)[1]
+
+
+def _is_factory_name(name: str) -> bool:
+    """'package.module:function' (dotted identifiers on both sides of one colon)."""
+    module, sep, function = name.partition(":")
+    parts = module.split(".") + function.split(".")
+    return bool(sep) and all(p.isidentifier() for p in parts)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a detector is, independent of its weights.
 
     ``num_classes`` counts the background class, as torchvision does. ``category_names``
     names classes 1..num_classes-1 (empty: unnamed). The thresholds are torchvision's
-    inference parameters with the same names and defaults.
+    inference parameters with the same names and defaults. ``fixed_size`` is
+    ``GeneralizedRCNNTransform.fixed_size``, (width, height) as torchvision orders it.
+    ``mask_head`` / ``keypoint_head`` say which heads exist (None: as the arch's name says);
+    ``mask_size`` and ``keypoint_heatmap_size`` are their output sizes (torchvision's: 28, 56).
+    ``factory`` ("package.module:function") and ``factory_args`` rebuild a custom model;
+    ``structure`` records what :func:`maskrt.introspect.spec_from_module` read off the module
+    (backbone, feature maps, anchors, RoI poolers): documentation, never needed to run it.
     """
 
     arch: str
@@ -60,11 +103,40 @@ class ModelSpec:
     box_batch_size_per_image: int = 512
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
+    fixed_size: tuple[int, int] | None = None
+    mask_size: int = 28
+    keypoint_heatmap_size: int = 56
+    mask_head: bool | None = None
+    keypoint_head: bool | None = None
+    factory: str | None = None
+    factory_args: dict[str, Any] = field(default_factory=dict)
+    # A record, not a parameter: two specs of the same model are equal with or without it.
+    structure: dict[str, Any] = field(default_factory=dict, compare=False)
+    spec_version: str = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise SpecError(f"unknown architecture {self.arch!r}; supported: {', '.join(ARCHS)}")
+        if self.arch not in ARCHS and self.arch != CUSTOM_ARCH:
+            raise SpecError(
+                f"unknown architecture {self.arch!r}; supported: {', '.join(ARCHS)}, "
+                f"or {CUSTOM_ARCH!r} for a model read off its module"
+            )
+        if _major(self.spec_version) > _major(SPEC_VERSION):
+            raise SpecError(
+                f"model spec version {self.spec_version} is newer than this maskrt reads "
+                f"({SPEC_VERSION}); upgrade maskrt"
+            )
+        if self.mask_head is None:
+            named = self.arch == DEMO_ARCH or self.arch.startswith("maskrcnn")
+            object.__setattr__(self, "mask_head", named)
+        if self.keypoint_head is None:
+            object.__setattr__(self, "keypoint_head", self.arch.startswith("keypointrcnn"))
+        if self.fixed_size is not None:
+            object.__setattr__(self, "fixed_size", tuple(int(v) for v in self.fixed_size))
+            if len(self.fixed_size) != 2 or min(self.fixed_size) < 1:
+                raise SpecError(f"fixed_size must be (width, height), got {self.fixed_size}")
+        if self.factory is not None and not _is_factory_name(self.factory):
+            raise SpecError(f"factory must be 'package.module:function', got {self.factory!r}")
         if self.num_classes < 2:
             raise SpecError(
                 f"num_classes must count background and at least one class, got {self.num_classes}"
@@ -78,11 +150,25 @@ class ModelSpec:
 
     @property
     def has_masks(self) -> bool:
-        return self.arch == DEMO_ARCH or self.arch.startswith("maskrcnn")
+        return bool(self.mask_head)
 
     @property
     def has_keypoints(self) -> bool:
-        return self.arch.startswith("keypointrcnn")
+        return bool(self.keypoint_head)
+
+    @property
+    def name(self) -> str:
+        """What to call the model in messages: the builder, the factory, or "custom"."""
+        return self.factory or self.arch
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """torchvision's resized (height, width) of an image: ``fixed_size`` when set, else
+        the short side scaled to ``min_size`` unless the long side would exceed ``max_size``
+        (``F.interpolate(recompute_scale_factor=True)`` floors)."""
+        if self.fixed_size is not None:
+            return self.fixed_size[1], self.fixed_size[0]
+        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        return int(math.floor(float(height) * scale)), int(math.floor(float(width) * scale))
 
     def class_name(self, label: int) -> str:
         if 1 <= label <= len(self.category_names):
@@ -94,6 +180,8 @@ class ModelSpec:
         d["category_names"] = list(self.category_names)
         d["image_mean"] = list(self.image_mean)
         d["image_std"] = list(self.image_std)
+        if self.fixed_size is not None:
+            d["fixed_size"] = list(self.fixed_size)
         return d
 
     def to_json(self) -> str:
@@ -101,13 +189,22 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        """Read a spec; fields unknown to this version are refused under its own major version
+        (a typo) and ignored under a newer minor one (written by a newer maskrt)."""
+        version = str(d.get("spec_version", "1.0"))
+        if _major(version) > _major(SPEC_VERSION):
+            raise SpecError(
+                f"model spec version {version} is newer than this maskrt reads "
+                f"({SPEC_VERSION}); upgrade maskrt"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
-        if unknown:
+        if unknown and _minor(version) <= _minor(SPEC_VERSION):
             raise SpecError(f"unknown model spec fields: {', '.join(sorted(unknown))}")
         if "arch" not in d:
             raise SpecError("model spec has no 'arch'")
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k in known}
+        d["spec_version"] = SPEC_VERSION if _minor(version) > _minor(SPEC_VERSION) else version
         for key in ("category_names", "image_mean", "image_std"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -141,12 +238,26 @@ def demo_spec() -> ModelSpec:
     )
 
 
+# torchvision's builders that change FasterRCNN's defaults (their ``defaults`` dicts);
+# tests/test_export_models.py checks each against the module the builder makes.
+_BUILDER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "keypointrcnn_resnet50_fpn": {"num_classes": 2},
+    "fasterrcnn_mobilenet_v3_large_fpn": {"rpn_score_thresh": 0.05},
+    "fasterrcnn_mobilenet_v3_large_320_fpn": {
+        "min_size": 320,
+        "max_size": 640,
+        "rpn_pre_nms_top_n_test": 150,
+        "rpn_post_nms_top_n_test": 150,
+        "rpn_score_thresh": 0.05,
+    },
+}
+
+
 def default_spec(arch: str, **changes: Any) -> ModelSpec:
-    """torchvision's defaults for ``arch`` (COCO: 91 classes), or the demo spec."""
+    """The spec of torchvision's builder ``arch`` with its defaults (COCO: 91 classes), or
+    the demo spec."""
     base = demo_spec() if arch == DEMO_ARCH else ModelSpec(arch=arch)
-    if arch.startswith("keypointrcnn") and "num_classes" not in changes:
-        changes["num_classes"] = 2
-    return base.replace(**changes)
+    return base.replace(**{**_BUILDER_DEFAULTS.get(arch, {}), **changes})
 
 
 def _torchvision_kwargs(spec: ModelSpec) -> dict[str, Any]:
@@ -197,16 +308,77 @@ def _build_demo(spec: ModelSpec) -> Any:
     )
 
 
-def build_model(spec: ModelSpec) -> Any:
-    """A freshly initialised ``torch.nn.Module`` for ``spec``, in eval mode, no downloads."""
+def import_factory(name: str) -> Callable[..., Any]:
+    """The user's model builder named 'package.module:function'; one-line SpecError if absent."""
+    if not _is_factory_name(name):
+        raise SpecError(f"model factory must be 'package.module:function', got {name!r}")
+    module_name, _, attr = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SpecError(f"cannot import the model factory's module {module_name!r}: {e}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SpecError(f"module {module_name!r} has no {attr!r} (model factory {name})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SpecError(f"model factory {name} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def parse_factory_args(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings -> keyword arguments; values are JSON when they parse as JSON
+    (``num_classes=5``, ``sizes=[32,64]``, ``flag=true``), else strings."""
+    args: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SpecError(f"factory argument must be key=value, got {item!r}")
+        try:
+            args[key] = json.loads(text)
+        except ValueError:
+            args[key] = text
+    return args
+
+
+def build_model(spec: ModelSpec, allow_factory: bool = False) -> Any:
+    """A freshly initialised ``torch.nn.Module`` for ``spec``, in eval mode, no downloads.
+
+    A spec whose model came from the user's own factory is rebuilt by importing and calling it
+    (with ``factory_args``) only when ``allow_factory`` is true: importing user code must be
+    asked for. A hand-assembled model (``arch`` "custom", no factory) cannot be rebuilt.
+    """
     import torchvision.models.detection as tvd
 
-    if spec.arch == DEMO_ARCH:
+    if spec.factory is not None:
+        if not allow_factory:
+            raise SpecError(
+                f"the model is built by user code ({spec.factory}); maskrt imports it only "
+                f"when asked: pass --model-factory {spec.factory}"
+            )
+        try:
+            model = import_factory(spec.factory)(**spec.factory_args)
+        except SpecError:
+            raise
+        except Exception as e:  # the user's code may raise anything
+            raise SpecError(
+                f"model factory {spec.factory} failed: {type(e).__name__}: {e}"
+            ) from None
+    elif spec.arch == CUSTOM_ARCH:
+        raise SpecError(
+            "this model was assembled in Python, not by a named builder: rebuild it with your "
+            "code, or record a factory (--model-factory package.module:function)"
+        )
+    elif spec.arch == DEMO_ARCH:
         model = _build_demo(spec)
     else:
         builder = getattr(tvd, spec.arch)
         kwargs = _torchvision_kwargs(spec)
         if spec.has_keypoints:
             kwargs["num_keypoints"] = spec.num_keypoints
+        if spec.fixed_size is not None:
+            kwargs["fixed_size"] = spec.fixed_size
         model = builder(weights=None, weights_backbone=None, num_classes=spec.num_classes, **kwargs)
+    if not hasattr(model, "eval") or not hasattr(model, "roi_heads"):
+        raise SpecError(f"{spec.name} did not return a torchvision detector module")
     return model.eval()

@@ -7,8 +7,10 @@ import click
 from maskrt.cliargs import (
     arch_option,
     batch_size_option,
+    checkpoint_options,
     force_option,
     max_batch_option,
+    model_factory_options,
     output_option,
 )
 
@@ -31,6 +33,7 @@ backend_option = click.option(
 @batch_size_option
 @click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
 @arch_option
+@model_factory_options
 @force_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def infer_command(
@@ -41,13 +44,15 @@ def infer_command(
     batch_size: int,
     score_threshold: float,
     arch: str | None,
+    model_factory: str | None,
+    factory_args: tuple[str, ...],
     force: bool,
     progress: bool,
 ) -> None:
     """Detect on IMAGES (files or folders) with ARTIFACT; write COCO JSON and overlay PNGs."""
     from .infer import run_inference
 
-    options = {"arch": arch} if arch else {}
+    options = checkpoint_options(arch, model_factory, factory_args)
     result = run_inference(
         artifact,
         list(images),

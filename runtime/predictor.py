@@ -52,8 +52,8 @@ def load_predictor(
 ) -> Predictor:
     """A :class:`Predictor` for ``artifact``; ``backend`` None picks it from the suffix.
 
-    Options by backend: torch: ``arch``, ``device``; onnxruntime: ``providers``,
-    ``threads``, ``optimization``; tensorrt: ``contexts``.
+    Options by backend: torch: ``arch``, ``device``, ``factory``, ``factory_args``;
+    onnxruntime: ``providers``, ``threads``, ``optimization``; tensorrt: ``contexts``.
     """
     backend = backend or default_backend(artifact)
     if not Path(artifact).is_file():

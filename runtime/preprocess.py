@@ -15,7 +15,7 @@ import numpy as np
 
 from maskrt.contract import SIZE_DIVISIBLE
 from maskrt.errors import MaskrtError
-from maskrt.specs import ModelSpec
+from maskrt.specs import CUSTOM_ARCH, ModelSpec
 
 from .interpolate import resize_planes
 
@@ -37,14 +37,16 @@ class Batch:
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """torchvision's output size: scale so the short side is ``min_size`` unless the long side
     would exceed ``max_size``; ``F.interpolate(recompute_scale_factor=True)`` floors."""
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return int(math.floor(float(height) * scale)), int(math.floor(float(width) * scale))
+    return ModelSpec(arch=CUSTOM_ARCH, min_size=min_size, max_size=max_size).resized_size(
+        height, width
+    )
 
 
-def resize_image(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> float32 [3, h, w] in [0, 1], resized like torchvision."""
+def resize_image(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> float32 [3, h, w] in [0, 1], resized like torchvision's
+    transform for ``spec`` (its min/max size, or its fixed size)."""
     check_image(image)
-    h, w = resized_size(image.shape[0], image.shape[1], min_size, max_size)
+    h, w = spec.resized_size(image.shape[0], image.shape[1])
     if h < 1 or w < 1:
         raise MaskrtError(
             f"image of {image.shape[1]}x{image.shape[0]} pixels is too elongated to resize"
@@ -83,7 +85,7 @@ def preprocess(
     """
     if not images:
         raise MaskrtError("no images to preprocess")
-    resized = [resize_image(im, spec.min_size, spec.max_size) for im in images]
+    resized = [resize_image(im, spec) for im in images]
     sizes = [(r.shape[1], r.shape[2]) for r in resized]
     if fixed_size is None:
         height, width = padded_size(sizes)

@@ -60,7 +60,8 @@ def default_profile(
     """min/opt/max shapes for the deploy contract's inputs.
 
     Images: height and width from 32 up to ``max_size`` rounded up to 32 (portrait or
-    landscape), optimised for a landscape image resized to ``min_size`` x ``max_size``.
+    landscape), optimised for a landscape image resized to ``min_size`` x ``max_size``; a
+    model that resizes every image to its ``fixed_size`` gets that size, padded, only.
     """
     for name in (contract.INPUT_IMAGES, contract.INPUT_IMAGE_SIZES):
         if name not in input_dims:
@@ -72,8 +73,12 @@ def default_profile(
         return (dim, dim, dim) if isinstance(dim, int) and dim > 0 else (lo, opt, hi)
 
     bs = pick(b, 1, 1, max_batch)
-    hs = pick(h, contract.SIZE_DIVISIBLE, round_up(spec.min_size), top)
-    ws = pick(w, contract.SIZE_DIVISIBLE, top, top)
+    if spec.fixed_size is not None:
+        fixed_h, fixed_w = round_up(spec.fixed_size[1]), round_up(spec.fixed_size[0])
+        hs, ws = pick(h, fixed_h, fixed_h, fixed_h), pick(w, fixed_w, fixed_w, fixed_w)
+    else:
+        hs = pick(h, contract.SIZE_DIVISIBLE, round_up(spec.min_size), top)
+        ws = pick(w, contract.SIZE_DIVISIBLE, top, top)
     channels = c if isinstance(c, int) and c > 0 else 3
     images = tuple((bs[i], channels, hs[i], ws[i]) for i in range(3))
     sizes = tuple((bs[i], 2) for i in range(3))

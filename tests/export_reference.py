@@ -3,8 +3,9 @@
 * :func:`preprocess` turns RGB uint8 images into the deploy graph's inputs the way torchvision's
   GeneralizedRCNNTransform resizes (bilinear, align_corners=False, recompute_scale_factor=True),
   padding with the spec's mean to a multiple of 32.
-* :func:`torchvision_reference` runs model.backbone / model.rpn / model.roi_heads on the same
-  normalised, zero-padded tensor, returning detections before mask pasting.
+* :func:`torchvision_reference` (the export's own check, :mod:`maskrt.export.check`) runs
+  model.backbone / model.rpn / model.roi_heads on the same normalised, zero-padded tensor,
+  returning detections before mask pasting.
 * :func:`match_detections` pairs graph and reference detections and reports the worst errors.
 """
 
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.image_list import ImageList
 
 from maskrt.contract import SIZE_DIVISIBLE
+from maskrt.export.check import Reference, torchvision_reference
+
+__all__ = ["Reference", "torchvision_reference"]
 from maskrt.specs import ModelSpec
 
 
@@ -67,55 +70,6 @@ def preprocess(
     for i, t in enumerate(resized):
         batch[i, :, : t.shape[1], : t.shape[2]] = t
     return batch.contiguous(), sizes
-
-
-@dataclass
-class Reference:
-    """One image's torchvision detections (resized-image coordinates, masks before pasting)."""
-
-    boxes: np.ndarray  # [N, 4]
-    scores: np.ndarray  # [N]
-    labels: np.ndarray  # [N]
-    masks: np.ndarray | None  # [N, 28, 28] probabilities of the predicted class
-    keypoint_logits: np.ndarray | None  # [N, J, 56, 56]
-    proposals: np.ndarray  # [P, 4] RPN proposals in torchvision's order
-
-
-@torch.no_grad()
-def torchvision_reference(
-    model: torch.nn.Module, images: torch.Tensor, image_sizes: torch.Tensor
-) -> list[Reference]:
-    """torchvision's inference on the graph's input tensor, stopping before mask pasting."""
-    t = model.transform
-    mean = torch.tensor(t.image_mean).reshape(1, 3, 1, 1)
-    std = torch.tensor(t.image_std).reshape(1, 3, 1, 1)
-    x = (images - mean) / std  # padding (== mean) becomes exactly 0, as torchvision pads
-    sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
-    image_list = ImageList(x, sizes)
-    features = model.backbone(x)
-    proposals, _ = model.rpn(image_list, features)
-    dets, _ = model.roi_heads(features, proposals, sizes)
-    heads = model.roi_heads
-    kps: list[np.ndarray | None] = [None] * len(dets)
-    if heads.has_keypoint():
-        boxes = [d["boxes"] for d in dets]
-        pooled = heads.keypoint_roi_pool(features, boxes, sizes)
-        logits = heads.keypoint_predictor(heads.keypoint_head(pooled))
-        kps = [k.numpy() for k in logits.split([len(b) for b in boxes])]
-    out = []
-    for i, d in enumerate(dets):
-        kp = kps[i]
-        out.append(
-            Reference(
-                boxes=d["boxes"].numpy(),
-                scores=d["scores"].numpy(),
-                labels=d["labels"].numpy(),
-                masks=d["masks"][:, 0].numpy() if "masks" in d else None,
-                keypoint_logits=kp,
-                proposals=proposals[i].numpy(),
-            )
-        )
-    return out
 
 
 def box_size(boxes: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ tensor (tests/export_reference.py); the graph runs in ONNX Runtime.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from maskrt.export.functions import multiscale_roi_align_function
 from maskrt.export.ops import multiscale_roi_align_reference
 from maskrt.pipeline.main import main
 from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION, UNIT_OP_TYPE
-from maskrt.specs import build_model, demo_spec
+from maskrt.specs import ModelSpec, build_model, demo_spec
 
 # ONNX Runtime against torchvision eager: the same FP32 maths through other convolution kernels
 # (another summation order). Measured worst over all images (ORT 1.31.1 and 1.32.0, same): boxes
@@ -78,7 +77,7 @@ def random_demo(tmp_path_factory: pytest.TempPathFactory):
     spec = demo_spec()
     model = build_model(spec)
     path = tmp_path_factory.mktemp("export") / "demo.onnx"
-    summary = export_onnx(spec, model, path)
+    summary = export_onnx(model, path, spec=spec)
     return spec, model, path, summary
 
 
@@ -112,7 +111,10 @@ def test_graph_structure(random_demo) -> None:
 
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta[contract.META_CONTRACT_VERSION] == contract.CONTRACT_VERSION
-    assert json.loads(meta[contract.META_MODEL_SPEC]) == spec.to_dict()
+    written = ModelSpec.from_json(meta[contract.META_MODEL_SPEC])
+    assert written == spec  # what the module says, the structure read off it as a record
+    assert written.structure["family"] == "MaskRCNN"
+    assert written.structure["poolers"]["mask"]["output_size"] == 14
     assert summary.node_counts == dict(ops)
     assert "MultiScaleRoIAlign" in str(summary)
 
@@ -335,8 +337,8 @@ def test_compact_heads_match_static_graph_and_torchvision(random_demo, tmp_path:
 
     spec, model, static_path, _ = random_demo
     path = tmp_path / "compact.onnx"
-    summary = export_onnx(spec, model, path, compact_heads=True, progress=False)
-    static_summary = export_onnx(spec, model, tmp_path / "static.onnx", progress=False)
+    summary = export_onnx(model, path, spec=spec, compact_heads=True, progress=False)
+    static_summary = export_onnx(model, tmp_path / "static.onnx", spec=spec, progress=False)
     assert summary.node_counts["ScatterND"] == 1 and "ScatterND" not in static_summary.node_counts
     assert summary.node_counts["NonZero"] == static_summary.node_counts.get("NonZero", 0) + 1
     compact, static = _session(path), _session(static_path)
@@ -353,14 +355,14 @@ def test_compact_heads_match_static_graph_and_torchvision(random_demo, tmp_path:
     few = float(np.sort(graph[contract.OUTPUT_SCORES][best.argmax()])[-3])
     strict = copy.deepcopy(model)
     strict.roi_heads.score_thresh = max(few, float(best.min())) + 1e-6
-    export_onnx(spec, strict, path, compact_heads=True, force=True, progress=False)
+    export_onnx(strict, path, compact_heads=True, force=True, progress=False)
     graph = _run(_session(path), images, sizes)
     counts = sorted(graph[contract.OUTPUT_NUM_DETECTIONS].tolist())
     assert counts[0] == 0 and 0 < counts[1] < spec.box_detections_per_img
     assert_matches(graph, torchvision_reference(strict, images, sizes), "compact, strict")
 
     strict.roi_heads.score_thresh = 1.0  # no detection in any image: the heads see no rows
-    export_onnx(spec, strict, path, compact_heads=True, force=True, progress=False)
+    export_onnx(strict, path, compact_heads=True, force=True, progress=False)
     graph = _run(_session(path), images, sizes)
     assert not graph[contract.OUTPUT_NUM_DETECTIONS].any()
     assert graph[contract.OUTPUT_MASKS].shape == (2, spec.box_detections_per_img, 28, 28)

@@ -74,7 +74,7 @@ def test_full_size_matches_torchvision(arch: str) -> None:
     torch.manual_seed(0)
     spec = default_spec(arch)
     model = build_model(spec)
-    m = build_onnx(spec, model, batch=1, height=HW[0], width=HW[1], with_proposals=True)
+    m = build_onnx(model, spec=spec, batch=1, height=HW[0], width=HW[1], with_proposals=True)
 
     # Structure: one unit per RoI head, no control flow.
     ops = {n.op_type for n in m.graph.node}
@@ -123,7 +123,7 @@ def test_compact_keypoint_heads_equal_static_graph() -> None:
     feeds = {contract.INPUT_IMAGES: images.numpy(), contract.INPUT_IMAGE_SIZES: sizes.numpy()}
 
     def run(compact: bool) -> dict[str, np.ndarray]:
-        m = build_onnx(spec, model, batch=1, height=hw[0], width=hw[1], compact_heads=compact)
+        m = build_onnx(model, batch=1, height=hw[0], width=hw[1], compact_heads=compact)
         sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 

@@ -32,6 +32,7 @@ FOUNDATION = {
     "maskrt.detections",
     "maskrt.errors",
     "maskrt.fileio",
+    "maskrt.introspect",
     "maskrt.machine",
     "maskrt.onnxio",
     "maskrt.specs",

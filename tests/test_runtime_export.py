@@ -72,7 +72,7 @@ def test_exported_and_surgered_graphs_match_torch(tmp_path: Path) -> None:
     model = build_model(SPEC)
     ckpt, plain, surgered = tmp_path / "d.pt", tmp_path / "d.onnx", tmp_path / "d.trt.onnx"
     save_checkpoint(ckpt, SPEC, model)
-    export.export_onnx(SPEC, model, plain)
+    export.export_onnx(model, plain, spec=SPEC)
     surgery.surgery_file(plain, surgered)
     images = _images()
     reference = load_predictor(ckpt).predict(images)

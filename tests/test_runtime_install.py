@@ -93,7 +93,7 @@ def test_runtime_install_runs_without_torch(
 
     graph = tmp_path / "model.onnx"
     spec, model = load_checkpoint(demo_checkpoint)
-    export_onnx(spec, model, graph, compact_heads=True, progress=False)
+    export_onnx(model, graph, spec=spec, compact_heads=True, progress=False)
     image_dir, _ = split_paths(heldout_dataset, "val")
     images = [str(p) for p in sorted(image_dir.glob("*.png"))[:4]]
 

@@ -107,6 +107,9 @@ def test_default_profile_and_overrides() -> None:
     assert p[contract.INPUT_IMAGE_SIZES] == ((1, 2), (1, 2), (4, 2))
     fixed = default_profile({**dims, contract.INPUT_IMAGES: (1, 3, 224, 224)}, spec)
     assert fixed[contract.INPUT_IMAGES] == ((1, 3, 224, 224),) * 3
+    # torchvision's fixed_size is (width, height); every image resizes to it, padded to 32.
+    resized = default_profile(dims, spec.replace(fixed_size=(200, 150)), max_batch=2)
+    assert resized[contract.INPUT_IMAGES] == ((1, 3, 160, 224), (1, 3, 160, 224), (2, 3, 160, 224))
     shapes = parse_shape_args(["images:2x3x160x160"])
     q = apply_overrides(p, {}, shapes, {})
     assert q[contract.INPUT_IMAGES][1] == (2, 3, 160, 160)

@@ -83,7 +83,7 @@ def served(
     root = tmp_path_factory.mktemp("triton")
     graph = root / "model.onnx"
     spec, model = load_checkpoint(demo_checkpoint)
-    export_onnx(spec, model, graph, compact_heads=True, progress=False)
+    export_onnx(model, graph, spec=spec, compact_heads=True, progress=False)
     repo = root / "repo"
     written = CliRunner().invoke(main, ["triton", str(graph), "-o", str(repo), "--max-batch", "8"])
     assert written.exit_code == 0, written.output

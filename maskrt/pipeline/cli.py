@@ -18,12 +18,15 @@ from maskrt.cliargs import (
     batch_size_option,
     calib_data_option,
     calib_images_option,
+    checkpoint_options,
     data_option,
+    factory_kwargs,
     force_option,
     iters_option,
     json_option,
     limit_option,
     max_batch_option,
+    model_factory_options,
     output_option,
 )
 from maskrt.contract import PRECISIONS
@@ -57,11 +60,13 @@ def _data_split(data: str | None, images: str | None, annotations: str | None) -
 @method_option
 @calib_images_option
 @arch_option
+@model_factory_options
 @max_batch_option()
 @force_option
 def convert_command(
     checkpoint: str, output: str, precision: str, calib_data: tuple[str, ...], method: str,
-    calib_images: int, arch: str | None, max_batch: int, force: bool,
+    calib_images: int, arch: str | None, model_factory: str | None, factory_args: tuple[str, ...],
+    max_batch: int, force: bool,
 ) -> None:  # fmt: skip
     """CHECKPOINT to a TensorRT engine: export, precision, surgery, build (where TensorRT is)."""
     from .convert import convert
@@ -70,6 +75,7 @@ def convert_command(
         checkpoint, output, precision=precision, calib_data=list(calib_data) or None, arch=arch,
         method=method, calib_images=calib_images, max_batch=max_batch, force=force,
         show_progress=True, log=lambda m: click.echo(m, err=True),
+        **factory_kwargs(model_factory, factory_args),
     )  # fmt: skip
     click.echo(f"deploy graph: {result.graph}")
     click.echo(f"TensorRT input: {result.surgered}")
@@ -98,6 +104,7 @@ def convert_command(
 @calib_images_option
 @method_option
 @limit_option
+@model_factory_options
 def validate_command(
     checkpoint: str,
     data: str,
@@ -106,6 +113,8 @@ def validate_command(
     calib_images: int,
     method: str,
     limit: int | None,
+    model_factory: str | None,
+    factory_args: tuple[str, ...],
 ) -> None:
     """Accuracy of every precision and backend against PyTorch FP32 as one table; exits
     non-zero when a ΔAP exceeds its tolerance (a CI gate)."""
@@ -124,6 +133,7 @@ def validate_command(
             limit=limit,
             method=method,
             show_progress=True,
+            **factory_kwargs(model_factory, factory_args),
         )
         click.echo(report.markdown())
         if output:
@@ -139,6 +149,7 @@ def validate_command(
 @click.option("--annotations", type=click.Path(), help="COCO annotation file of those images.")
 @backend_option
 @arch_option
+@model_factory_options
 @batch_size_option
 @limit_option
 @json_option
@@ -150,6 +161,8 @@ def eval_command(
     annotations: str | None,
     backend: str | None,
     arch: str | None,
+    model_factory: str | None,
+    factory_args: tuple[str, ...],
     batch_size: int,
     limit: int | None,
     json_out: str | None,
@@ -166,7 +179,7 @@ def eval_command(
     images_dir, ann_file = _data_split(data, images, annotations)
     if json_out:
         check_writable(json_out, force)
-    options = {"arch": arch} if arch else {}
+    options = checkpoint_options(arch, model_factory, factory_args)
     result = evaluate_artifact(
         artifact,
         images_dir,

@@ -69,7 +69,7 @@ def export_step(spec: ModelSpec, model: Any, dst: Path, compact_heads: bool = Fa
     """Export the torchvision ``model`` (described by ``spec``) to the FP32 deploy graph ``dst``."""
     from maskrt.export import export_onnx
 
-    export_onnx(spec, model, dst, compact_heads=compact_heads, force=True)
+    export_onnx(model, dst, spec=spec, compact_heads=compact_heads, force=True)
 
 
 def precision_step(
@@ -127,8 +127,11 @@ def convert(
     force: bool = False,
     show_progress: bool = False,
     log: Callable[[str], None] = print,
+    factory: str | None = None,
+    factory_args: dict[str, Any] | None = None,
 ) -> ConvertResult:
-    """Run the whole chain for ``checkpoint`` into the folder ``out``."""
+    """Run the whole chain for ``checkpoint`` into the folder ``out`` (``arch``, ``factory``
+    and ``factory_args`` as in :func:`maskrt.checkpoint.load_checkpoint`)."""
     if precision not in PRECISIONS:
         raise MaskrtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not Path(checkpoint).is_file():
@@ -145,7 +148,7 @@ def convert(
     log(f"export -> {paths.fp32}")
     from maskrt.checkpoint import load_checkpoint
 
-    spec, model = load_checkpoint(checkpoint, arch=arch)
+    spec, model = load_checkpoint(checkpoint, arch=arch, factory=factory, factory_args=factory_args)
     export_step(spec, model, paths.fp32)
     del model
     graph = paths.graph(precision)

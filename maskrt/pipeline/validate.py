@@ -229,8 +229,10 @@ def run_artifact(
     image_ids: Sequence[int],
     show_progress: bool = False,
     desc: str = "",
+    options: Mapping[str, Any] | None = None,
 ) -> _Run:
-    """Detections of every image (one per call) and the mean latency of ``predict``."""
+    """Detections of every image (one per call) and the mean latency of ``predict``
+    (``options``: the backend's, see :func:`maskrt.runtime.load_predictor`)."""
     from tqdm import tqdm
 
     from maskrt.runtime import load_predictor
@@ -238,7 +240,7 @@ def run_artifact(
 
     detections: dict[int, Detections] = {}
     total = 0.0
-    with load_predictor(artifact, backend=backend) as predictor:
+    with load_predictor(artifact, backend=backend, **(options or {})) as predictor:
         predictor.predict([read_image(paths[0])])  # warm-up: sessions allocate on first use
         for image_id, p in tqdm(list(zip(image_ids, paths)), desc=desc, unit="img",
                                 disable=not show_progress):  # fmt: skip
@@ -258,6 +260,7 @@ class _Plan:
     backend: str
     path: Path
     make: Callable[[], object] | None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _plans(
@@ -270,6 +273,7 @@ def _plans(
     method: str,
     with_trt: bool,
     show_progress: bool,
+    factory: Mapping[str, Any],
 ) -> list[_Plan]:
     """The artifacts of the table, made with `maskrt convert`'s own steps and file names."""
     from .convert import ArtifactPaths, build_step, export_step, precision_step, surgery_step
@@ -284,7 +288,7 @@ def _plans(
         )  # fmt: skip
 
     plans = [
-        _Plan("PyTorch FP32", "fp32", "torch", checkpoint, None),
+        _Plan("PyTorch FP32", "fp32", "torch", checkpoint, None, factory),
         _Plan("ONNX FP32", "fp32", "onnxruntime", fp32, lambda: export_step(spec, model, fp32)),
         _Plan("ONNX FP32 surgered", "fp32", "onnxruntime", paths.surgered("fp32"),
               lambda: surgery_step(fp32, paths.surgered("fp32"))),
@@ -316,6 +320,8 @@ def validate(
     limit: int | None = None,
     method: str = "entropy",
     show_progress: bool = False,
+    factory: str | None = None,
+    factory_args: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Make every artifact of ``checkpoint`` in ``out``, evaluate each on the val split of the
     maskrt dataset root ``data`` (calibrating INT8 on its train split) and write the table to
@@ -338,7 +344,8 @@ def validate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    spec, model = load_checkpoint(ckpt)
+    spec, model = load_checkpoint(ckpt, factory=factory, factory_args=factory_args)
+    factory_options = {"factory": factory, "factory_args": factory_args} if factory else {}
     iou_types = iou_types_for(spec.has_masks, spec.has_keypoints)
     coco_gt = load_coco(ann_file)
     image_ids = sorted(coco_gt.getImgIds())[: limit if limit else None]
@@ -348,8 +355,9 @@ def validate(
 
     trt_note = tensorrt_missing()
     plans = _plans(
-        ckpt, spec, model, out_dir, calib_dir, calib_images, method, trt_note is None, show_progress
-    )
+        ckpt, spec, model, out_dir, calib_dir, calib_images, method, trt_note is None,
+        show_progress, factory_options,
+    )  # fmt: skip
     rows: list[Row] = []
     reference: dict[int, Detections] | None = None
     ref_ap: dict[str, float] = {}
@@ -359,7 +367,9 @@ def validate(
         try:
             if plan.make is not None:
                 plan.make()
-            run = run_artifact(plan.path, plan.backend, paths, image_ids, show_progress, plan.name)
+            run = run_artifact(
+                plan.path, plan.backend, paths, image_ids, show_progress, plan.name, plan.options
+            )
         except MaskrtError as e:
             if reference is None:
                 raise  # no reference, no table

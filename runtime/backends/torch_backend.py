@@ -51,8 +51,15 @@ class TorchPredictor(Predictor):
 
     @classmethod
     def load(
-        cls, checkpoint: str | os.PathLike[str], arch: str | None = None, device: str = "cpu"
+        cls,
+        checkpoint: str | os.PathLike[str],
+        arch: str | None = None,
+        device: str = "cpu",
+        factory: str | None = None,
+        factory_args: dict[str, Any] | None = None,
     ) -> TorchPredictor:
+        """``arch``, ``factory``, ``factory_args``: as
+        :func:`maskrt.checkpoint.load_checkpoint` takes them."""
         from maskrt.checkpoint import load_checkpoint
 
         if device.startswith("cuda"):
@@ -60,7 +67,9 @@ class TorchPredictor(Predictor):
 
             if not torch.cuda.is_available():
                 raise MaskrtError("device cuda requested but PyTorch sees no CUDA GPU")
-        spec, model = load_checkpoint(checkpoint, arch=arch)
+        spec, model = load_checkpoint(
+            checkpoint, arch=arch, factory=factory, factory_args=factory_args
+        )
         return cls(spec, model, device)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:

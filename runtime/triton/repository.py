@@ -67,9 +67,9 @@ def artifact_spec(artifact: Path) -> ModelSpec:
 
         return read_sidecar(artifact).spec
     if suffix in (".pt", ".pth"):
-        from maskrt.checkpoint import load_checkpoint
+        from maskrt.checkpoint import checkpoint_spec
 
-        return load_checkpoint(artifact)[0]
+        return checkpoint_spec(artifact)
     raise MaskrtError(
         f"cannot serve {artifact}: expected an .onnx graph, an .engine or a checkpoint"
     )

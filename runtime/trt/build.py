@@ -124,8 +124,13 @@ def build_engine(
         spec=spec,
         uses_plugins=uses_plugins,
         io=contract.io_specs(
-            spec.box_detections_per_img, spec.has_masks, spec.has_keypoints, spec.num_keypoints
-        ),
+            spec.box_detections_per_img,
+            spec.has_masks,
+            spec.has_keypoints,
+            spec.num_keypoints,
+            spec.mask_size,
+            spec.keypoint_heatmap_size,
+        ),  # fmt: skip
     )
     write_sidecar(engine_path, sidecar)
     return sidecar
