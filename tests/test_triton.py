@@ -23,6 +23,7 @@ import sys
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +89,18 @@ def served(
     written = CliRunner().invoke(main, ["triton", str(graph), "-o", str(repo), "--max-batch", "8"])
     assert written.exit_code == 0, written.output
     assert (repo / "README.md").is_file() and (repo / "maskrt" / "1" / "model.onnx").is_file()
+    with _running(triton_home, repo) as server:
+        yield server, graph
+
+
+@contextmanager
+def _running(triton_home: Path, repo: Path) -> Iterator[TritonServer]:
+    """A Triton on ``repo`` on free ports, from the wheel's folder, stopped afterwards."""
     old = os.environ.get("MASKRT_TRITON_HOME")
     os.environ["MASKRT_TRITON_HOME"] = str(triton_home)
-    http, grpc, metrics = _free_ports(3)
-    server = TritonServer(repo, http, grpc, metrics)
     try:
-        with server:
-            yield server, graph
+        with TritonServer(repo, *_free_ports(3)) as server:
+            yield server
     finally:
         if old is None:
             os.environ.pop("MASKRT_TRITON_HOME", None)
@@ -352,3 +358,208 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------ ensembles
+
+
+def _stand_in_engine(tmp_path: Path, graph: Path, uses_plugins: bool) -> Path:
+    """A file standing in for a TensorRT engine of ``graph`` (no TensorRT here), with the sidecar
+    `maskrt build` would write: the ensemble reads only the sidecar, the plan goes to Triton."""
+    from maskrt import contract
+    from maskrt.onnxio import read_spec
+    from maskrt.runtime.profiles import default_profile
+    from maskrt.runtime.sidecar import MachineFacts, Sidecar, write_sidecar
+
+    spec = read_spec(graph)
+    dims = {contract.INPUT_IMAGES: ("B", 3, "H", "W"), contract.INPUT_IMAGE_SIZES: ("B", 2)}
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"stand-in for a serialized TensorRT engine")
+    write_sidecar(
+        engine,
+        Sidecar(
+            machine=MachineFacts("10.13.0.35", "NVIDIA H100", (9, 0), None),
+            onnx_sha256="0" * 64,
+            engine_sha256="1" * 64,
+            precision="fp16",
+            profiles=(default_profile(dims, spec, max_batch=4),),
+            spec=spec,
+            uses_plugins=uses_plugins,
+            io=contract.io_specs(spec.box_detections_per_img, True, False),
+        ),
+    )
+    return engine
+
+
+def test_ensemble_configs_parse_and_match_their_artifacts(
+    served: tuple[TritonServer, Path], tmp_path: Path
+) -> None:
+    """The tensorrt_plan and onnxruntime_onnx ensembles (which this Triton cannot load: it has
+    no GPU backends) parse with Triton's ModelConfig, chain their steps by tensors the steps
+    declare, and declare exactly the artifact's inputs and outputs; what is not servable is
+    refused before anything is written."""
+    import onnx
+
+    from maskrt.errors import MaskrtError
+    from maskrt.plugins.surgery import surgery_file
+    from maskrt.runtime.triton.ensemble import check_repository, parse_config
+
+    _, graph = served
+    onnx_repo = write_repository(graph, tmp_path / "ort", detector="onnxruntime", max_batch=4)
+    engine = _stand_in_engine(tmp_path, graph, uses_plugins=True)
+    trt_repo = write_repository(engine, tmp_path / "trt")  # auto: an engine's ensemble
+    for repo, platform_name, model_file in (
+        (onnx_repo, "onnxruntime_onnx", "model.onnx"),
+        (trt_repo, "tensorrt_plan", "model.plan"),
+    ):
+        assert check_repository(repo) == []
+        configs = {p.parent.name: parse_config(p) for p in repo.glob("*/config.pbtxt")}
+        assert sorted(configs) == ["maskrt", "maskrt_detector", "maskrt_post", "maskrt_pre"]
+        ensemble, detector = configs["maskrt"], configs["maskrt_detector"]
+        assert ensemble.platform == "ensemble" and detector.platform == platform_name
+        steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
+        assert steps == ["maskrt_pre", "maskrt_detector", "maskrt_post"]
+        assert {o.name for o in ensemble.output} == {o.name for o in configs["maskrt_post"].output}
+        assert (repo / "maskrt_detector" / "1" / model_file).is_file()
+        assert (repo / "maskrt" / "1").is_dir() and (repo / "README.md").is_file()
+    model = onnx.load(str(graph), load_external_data=False)
+    detector = parse_config(onnx_repo / "maskrt_detector" / "config.pbtxt")
+    assert [i.name for i in detector.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in detector.output] == [o.name for o in model.graph.output]
+    pre = parse_config(onnx_repo / "maskrt_pre" / "config.pbtxt")
+    spec = default_spec("demo_maskrcnn")
+    assert list(pre.output[0].dims) == [3, 224, 224] == [3, spec.max_size, spec.max_size]
+    assert "--backend-config=tensorrt,plugins=" in (trt_repo / "README.md").read_text()
+
+    # the checker is not a rubber stamp: a renamed output and a dangling step are reported
+    text = (onnx_repo / "maskrt_detector" / "config.pbtxt").read_text()
+    (onnx_repo / "maskrt_detector" / "config.pbtxt").write_text(text.replace('"scores"', '"s"'))
+    problems = check_repository(onnx_repo)
+    assert any("'s' is not in model.onnx" in p for p in problems), problems
+    assert any("has no output 'scores'" in p for p in problems), problems
+
+    surgered = tmp_path / "surgered.onnx"
+    surgery_file(graph, surgered)
+    for artifact, detector_name, message in (
+        (surgered, "onnxruntime", "plugin nodes"),
+        (graph, "tensorrt", "serves a .engine file"),
+    ):
+        with pytest.raises(MaskrtError, match=message):
+            write_repository(artifact, tmp_path / "refused", detector=detector_name)
+        assert not (tmp_path / "refused").exists()
+
+
+_STAND_IN_DETECTOR = '''
+"""Test stand-in for Triton's onnxruntime backend (absent from this Triton build): the same
+graph run by ONNX Runtime inside the Python backend, same inputs and outputs."""
+import json
+import os
+import site
+import sys
+
+for _folder in reversed(os.environ.get("MASKRT_SITE_DIRS", "").split(os.pathsep)):
+    if _folder:
+        site.addsitedir(_folder)
+        sys.path.remove(_folder)
+        sys.path.insert(0, _folder)
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.session = ort.InferenceSession(
+            os.path.join(folder, "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        def stacked(name):
+            return np.concatenate(
+                [np.from_dlpack(pb_utils.get_input_tensor_by_name(r, name)) for r in requests]
+            )
+
+        feeds = {"images": stacked("images"), "image_sizes": stacked("image_sizes")}
+        names = [o.name for o in self.session.get_outputs()]
+        out = dict(zip(names, self.session.run(None, feeds)))
+        out["num_detections"] = out["num_detections"].reshape(-1, 1)
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor.from_dlpack(n, np.array(out[n][i : i + 1])) for n in self.outputs]
+            )
+            for i in range(len(requests))
+        ]
+'''
+
+
+@pytest.fixture(scope="module")
+def served_ensemble(
+    triton_home: Path, served: tuple[TritonServer, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TritonServer, Path]]:
+    """The onnxruntime ensemble of the demo graph on a real Triton, its detector step run by a
+    Python-backend stand-in with the same inputs and outputs (this Triton has no onnxruntime
+    backend): the pre/post steps and the ensemble's wiring and batching are Triton's own."""
+    _, graph = served
+    repo = write_repository(graph, tmp_path_factory.mktemp("ens") / "repo", detector="onnxruntime")
+    config = repo / "maskrt_detector" / "config.pbtxt"
+    text = config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+    text = text.replace(" reshape: { shape: [ ] }", "").replace("KIND_AUTO", "KIND_CPU")
+    config.write_text(text.replace('default_model_filename: "model.onnx"\n', ""))
+    (repo / "maskrt_detector" / "1" / "model.py").write_text(_STAND_IN_DETECTOR)
+    with _running(triton_home, repo) as server:
+        yield server, graph
+
+
+def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
+    served_ensemble: tuple[TritonServer, Path], heldout_dataset: Path
+) -> None:
+    """HTTP and gRPC answers of the ensemble equal the in-process Predictor's on the same graph
+    padding to the same canvas (224x224: the ensemble pads every image to it so that requests
+    batch), and 4 clients x 12 requests were batched at the detector step, each answer its own
+    image's."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    server, graph = served_ensemble
+    image_dir, _ = split_paths(heldout_dataset, "val")
+    paths = sorted(image_dir.glob("*.png"))[:6]
+    with load_predictor(graph) as predictor:
+        predictor.runner.fixed_size = (224, 224)  # type: ignore[attr-defined]
+        expected = [predictor.predict([read_image(p)])[0] for p in paths]
+    assert any(len(filter_by_score(e, 0.5)) for e in expected), "the model detects nothing"
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    for module, client in ((httpclient, http), (grpcclient, grpc)):
+        for p, want in zip(paths, expected):
+            got = _detections(client.infer("maskrt", _request(module, p.read_bytes())))
+            assert to_coco_results(1, got) == to_coco_results(1, want), (module.__name__, p.name)
+
+    encoded = [p.read_bytes() for p in paths]
+    before = grpc.get_inference_statistics("maskrt_detector", as_json=True)["model_stats"][0]
+
+    def client_run(c: int) -> int:
+        own = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        agree = 0
+        for k in range(12):
+            i = (c + k) % len(paths)
+            got = _detections(own.infer("maskrt", _request(grpcclient, encoded[i])))
+            agree += _agreement(got, expected[i]) == 1.0
+        return agree
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(client_run, range(4))) == 48
+    after = grpc.get_inference_statistics("maskrt_detector", as_json=True)["model_stats"][0]
+    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert inferences == 48 and executions < inferences, (inferences, executions)
+
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="cannot read"):
+        grpc.infer("maskrt", _request(grpcclient, b"hello, triton"))
+    got = _detections(grpc.infer("maskrt", _request(grpcclient, encoded[0])))
+    assert to_coco_results(1, got) == to_coco_results(1, expected[0])  # still serving

@@ -6,18 +6,24 @@
   PATH or the one in the ``nvidia-pytriton`` wheel, started, waited for, stopped cleanly.
 * :mod:`.python_model` -- the Python-backend model the repository's detector runs.
 
-This first version writes the ``python`` detector: one Python-backend model that runs maskrt's
-own :class:`~maskrt.runtime.Predictor` (any backend) on encoded images, with Triton's dynamic
-batching. The ensembles with a ``tensorrt_plan`` or ``onnxruntime_onnx`` detector are not
-written yet.
+* :mod:`.ensemble` -- the ensemble layout around Triton's own TensorRT / ONNX Runtime backend,
+  and :func:`check_repository` (configs parsed with Triton's ModelConfig, checked against each
+  other and the artifact).
+
+The ``python`` detector is one Python-backend model running maskrt's own
+:class:`~maskrt.runtime.Predictor` (any backend); the ensemble is pre-processing (Python) ->
+``tensorrt_plan`` / ``onnxruntime_onnx`` -> post-processing (Python). Both answer the same
+requests with the same tensors.
 """
 
+from .ensemble import check_repository
 from .repository import REQUEST_INPUT, write_repository
 from .server import TritonServer, find_tritonserver
 
 __all__ = [
     "REQUEST_INPUT",
     "TritonServer",
+    "check_repository",
     "find_tritonserver",
     "write_repository",
 ]

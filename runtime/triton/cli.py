@@ -16,9 +16,11 @@ from .repository import DETECTORS
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="Model instances Triton runs side by side.")  # fmt: skip
 @click.option("--name", default="maskrt", show_default=True, help="Model name in the repository.")
-@click.option("--detector", type=click.Choice(DETECTORS), default="python", show_default=True,
-              help="How the detector runs: python = maskrt's Predictor in Triton's Python "
-              "backend.")  # fmt: skip
+@click.option("--detector", type=click.Choice(DETECTORS), default="auto", show_default=True,
+              help="How the detector runs: tensorrt / onnxruntime = an ensemble around "
+              "Triton's own TensorRT / ONNX Runtime backend; python = maskrt's Predictor in "
+              "Triton's Python backend (runs on any Triton); auto = tensorrt for an engine, "
+              "else python.")  # fmt: skip
 @force_option
 def triton_command(
     artifact: str, output: str, max_batch: int, instances: int, name: str, detector: str,

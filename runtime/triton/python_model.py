@@ -1,5 +1,6 @@
-"""The ``python`` detector inside Triton's Python backend: encoded images -> maskrt Predictor ->
-detections (the tensors of :mod:`maskrt.runtime.triton.repository`).
+"""maskrt's models inside Triton's Python backend: the ``python`` detector (encoded images ->
+maskrt Predictor -> detections, the tensors of :mod:`maskrt.runtime.triton.repository`) and the
+ensemble's pre- and post-processing steps (:mod:`maskrt.runtime.triton.ensemble`).
 
 :func:`decode_request` and :func:`encode_response` are plain numpy and tested outside Triton;
 :class:`TritonPythonModel` is the glue Triton calls (``triton_python_backend_utils`` exists only
@@ -18,11 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from maskrt import contract
 from maskrt.detections import Detections
 from maskrt.errors import MaskrtError
+from maskrt.specs import ModelSpec
 
 from ..images import decode_image
-from .repository import REQUEST_INPUT
+from ..postprocess import postprocess
+from ..preprocess import Batch, preprocess
+from .ensemble import ORIGINAL_SIZE
+from .repository import REQUEST_INPUT, SPEC_FILE
 
 
 def decode_request(data: np.ndarray) -> np.ndarray:
@@ -59,6 +65,102 @@ def encode_response(
             keypoints[:] = dets.keypoints
         out["keypoints"] = keypoints[None]
     return out
+
+
+def preprocess_request(
+    data: np.ndarray, spec: ModelSpec, canvas: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """The ensemble's pre-processing of one request: encoded image -> the detector's inputs
+    padded to ``canvas`` (H, W), and the original (height, width), each with batch dimension 1."""
+    image = decode_request(data)
+    batch = preprocess([image], spec, fixed_size=canvas)
+    return {
+        contract.INPUT_IMAGES: batch.images,
+        contract.INPUT_IMAGE_SIZES: batch.image_sizes,
+        ORIGINAL_SIZE: np.asarray([batch.original_sizes[0]], np.int32),
+    }
+
+
+def postprocess_request(tensors: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The ensemble's post-processing of one request: the detector's outputs (batch dimension
+    1; ``num_detections`` [1, 1]) with its image sizes -> the response tensors."""
+    resized = tensors[contract.INPUT_IMAGE_SIZES].reshape(1, 2).astype(np.int32)
+    h, w = (int(v) for v in tensors[ORIGINAL_SIZE].reshape(2))
+    outputs = dict(tensors)
+    outputs[contract.OUTPUT_NUM_DETECTIONS] = tensors[contract.OUTPUT_NUM_DETECTIONS].reshape(1)
+    batch = Batch(np.zeros((1, 3, 1, 1), np.float32), resized, ((h, w),))
+    (dets,) = postprocess(outputs, batch)
+    return encode_response(dets, spec.has_masks, spec.num_keypoints if spec.has_keypoints else 0)
+
+
+def _read_spec(args: dict[str, str]) -> tuple[ModelSpec, dict[str, Any], Path]:
+    """The model's spec (from its version folder), its config and its version folder."""
+    config = json.loads(args["model_config"])
+    folder = Path(args["model_repository"]) / args["model_version"]
+    spec = ModelSpec.from_json((folder / SPEC_FILE).read_text())
+    return spec, config, folder
+
+
+def _respond(requests: list[Any], inputs: list[str], outputs: list[str], fn: Any) -> list[Any]:
+    """Run ``fn(tensors by name) -> tensors by name`` on each request; a request that fails
+    gets its own error response."""
+    import triton_python_backend_utils as pb_utils
+
+    responses = []
+    for request in requests:
+        try:
+            tensors = {}
+            for name in inputs:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is None:
+                    raise MaskrtError(f"the request has no '{name}' input")
+                tensors[name] = np.from_dlpack(tensor)
+            result = fn(tensors)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [
+                        # DLPack here exports writable, C-ordered arrays only
+                        pb_utils.Tensor.from_dlpack(n, np.require(result[n], None, ["C", "W"]))
+                        for n in outputs
+                    ]
+                )
+            )
+        except Exception as e:  # noqa: BLE001 - the request hears why; the batch goes on
+            message = str(e) if isinstance(e, MaskrtError) else f"{type(e).__name__}: {e}"
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+    return responses
+
+
+class PreprocessModel:
+    """The ensemble's pre-processing step (``NAME_pre``)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.spec, config, _ = _read_spec(args)
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.canvas = (int(params["canvas_height"]), int(params["canvas_width"]))
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return _respond(
+            requests,
+            [REQUEST_INPUT],
+            self.outputs,
+            lambda t: preprocess_request(t[REQUEST_INPUT], self.spec, self.canvas),
+        )
+
+
+class PostprocessModel:
+    """The ensemble's post-processing step (``NAME_post``)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.spec, config, _ = _read_spec(args)
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return _respond(
+            requests, self.inputs, self.outputs, lambda t: postprocess_request(t, self.spec)
+        )
 
 
 class TritonPythonModel:

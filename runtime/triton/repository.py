@@ -1,10 +1,16 @@
 """``maskrt triton``: a Triton model repository for a deploy artifact.
 
-The repository holds one Python-backend model (the ``python`` detector) that decodes encoded
-images, runs maskrt's :class:`~maskrt.runtime.Predictor` on the artifact copied into it and
-answers with detections in original-image pixels. One image per request; Triton batches the
-requests (dynamic batching, ragged inputs) and the model predicts each execution's images as one
-batch. Tensors, after Triton's batch dimension (always 1 per request)::
+Two layouts answer the same requests with the same tensors:
+
+* ``python`` detector: one Python-backend model that decodes encoded images, runs maskrt's
+  :class:`~maskrt.runtime.Predictor` (any backend) on the artifact copied into it and answers
+  with detections in original-image pixels; each execution's images are predicted as one batch.
+  The only layout the Triton build this workplace installs can run (it has no GPU backends).
+* ``tensorrt`` / ``onnxruntime`` detector: an ensemble of pre-processing, the artifact on
+  Triton's own TensorRT or ONNX Runtime backend, and post-processing (:mod:`.ensemble`).
+
+One image per request; Triton batches the requests (dynamic batching, ragged inputs).
+Tensors, after Triton's batch dimension (always 1 per request)::
 
     image           UINT8  [-1]       the encoded image file (PNG, JPEG, ...), as bytes
     num_detections  INT32  [1]        N, the detections of this image
@@ -25,17 +31,27 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maskrt.errors import MaskrtError
 from maskrt.fileio import atomic_write_text
 from maskrt.specs import ModelSpec
 
+if TYPE_CHECKING:
+    from .ensemble import DetectorFacts
+
 REQUEST_INPUT = "image"
-DETECTORS = ("python",)
+DETECTORS = ("auto", "python", "onnxruntime", "tensorrt")
+SPEC_FILE = "maskrt_spec.json"  # the model spec beside a pre/post-processing model
+
 
 # Repository-side file of the Python-backend model: the real code is maskrt.runtime.triton's
 # python_model, so that the repository stays small and the code is tested where it lives.
-_MODEL_PY = '''"""maskrt detector for Triton's Python backend (written by `maskrt triton`)."""
+def _model_py(entry: str) -> str:
+    """The repository-side model.py of a Python-backend model: the real code is
+    maskrt.runtime.triton's python_model, so the repository stays small and the code is tested
+    where it lives. Triton's Python backend calls the class TritonPythonModel."""
+    return f'''"""maskrt model for Triton's Python backend (written by `maskrt triton`)."""
 
 import os
 import site
@@ -49,8 +65,9 @@ for _folder in reversed(os.environ.get("MASKRT_SITE_DIRS", "").split(os.pathsep)
         sys.path.remove(_folder)
         sys.path.insert(0, _folder)
 
-from maskrt.runtime.triton.python_model import TritonPythonModel  # noqa: E402,F401
+from maskrt.runtime.triton.python_model import {entry} as TritonPythonModel  # noqa: E402,F401
 '''
+
 
 _SUFFIX_BACKEND = {".onnx": "onnxruntime", ".engine": "tensorrt", ".pt": "torch", ".pth": "torch"}
 
@@ -111,6 +128,91 @@ def model_config(
     )
 
 
+def _tensor_rows(spec: ModelSpec) -> list[str]:
+    """The README's table of the request and response tensors (both layouts share them)."""
+    rows = [
+        "| tensor | type | shape (after the batch dimension) | meaning |",
+        "|---|---|---|---|",
+        f"| `{REQUEST_INPUT}` (input) | UINT8 | [-1] | the encoded image file (PNG, JPEG, ...) |",
+        "| `num_detections` | INT32 | [1] | detections of this image |",
+        "| `boxes` | FP32 | [-1, 4] | x1, y1, x2, y2, original-image pixels, by descending score |",
+        "| `scores` | FP32 | [-1] | |",
+        "| `labels` | INT32 | [-1] | 1..num_classes-1 |",
+    ]
+    if spec.has_masks:
+        rows.append("| `masks` | UINT8 | [-1] | UTF-8 JSON list: COCO RLE of each pasted mask |")
+    if spec.has_keypoints:
+        rows.append(f"| `keypoints` | FP32 | [-1, {spec.num_keypoints}, 3] | x, y, score |")
+    return rows
+
+
+def _ensemble_readme(
+    name: str,
+    detector: str,
+    facts: DetectorFacts,
+    artifact: Path,
+    instances: int,
+    plugin: Path | None,
+) -> str:
+    from .ensemble import MODEL_FILES, PLATFORMS
+
+    h, w = facts.canvas
+    backend_config = ""
+    lines = [
+        f"# Triton model repository: `{name}` ({facts.spec.name})",
+        "",
+        f"Written by `maskrt triton --detector {detector}` for `{artifact.name}`: an ensemble.",
+        "",
+        "| model | runs | what |",
+        "|---|---|---|",
+        f"| `{name}` | ensemble | what clients call: the three steps below |",
+        f"| `{name}_pre` | Python backend | decodes the image, resizes it like torchvision and "
+        f"pads it to {h}x{w} |",
+        f"| `{name}_detector` | `{PLATFORMS[detector]}` | `{MODEL_FILES[detector]}`, batches of "
+        f"up to {facts.max_batch}, {instances} instance(s) |",
+        f"| `{name}_post` | Python backend | boxes and keypoints to original pixels, masks "
+        "pasted and RLE-encoded |",
+        "",
+        *_tensor_rows(facts.spec),
+        "",
+        "Run it on a GPU in NVIDIA's Triton container (the Python steps need `pip install maskrt`,",
+        "the base install: numpy, pycocotools, pillow):",
+        "",
+    ]
+    if facts.uses_plugins:
+        if plugin is not None:
+            where = f"/models/plugins/{plugin.name}"
+            lines.append(f"The engine uses maskrt's RoIAlign plugin: `plugins/{plugin.name}`.")
+        else:
+            where = "/models/plugins/libmaskrt_roialign_trt.so"
+            lines.append(
+                "The engine uses maskrt's RoIAlign plugin, and this machine has no build of it: "
+                "build maskrt with TensorRT (plugins/README.md) and put it in `plugins/`."
+            )
+        lines.append(
+            "TensorRT's backend loads it from `--backend-config`; `LD_PRELOAD` would open it "
+            "before TensorRT's plugin registry exists."
+        )
+        lines.append("")
+        backend_config = f" --backend-config=tensorrt,plugins={where}"
+    lines += [
+        "```",
+        "docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
+        '  -v "$PWD":/models nvcr.io/nvidia/tritonserver:<release>-py3 \\',
+        '  bash -c "pip install maskrt && '
+        f'tritonserver --model-repository=/models{backend_config}"',
+        "```",
+        "",
+    ]
+    if detector == "tensorrt":
+        lines += [
+            "The engine must come from the same TensorRT release as the container's (its "
+            "sidecar names the one it was built with).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def _readme(name: str, spec: ModelSpec, artifact: Path, max_batch: int, instances: int) -> str:
     lines = [
         f"# Triton model repository: `{name}` ({spec.arch})",
@@ -122,18 +224,8 @@ def _readme(name: str, spec: ModelSpec, artifact: Path, max_batch: int, instance
         f"`{name}/1/`; dynamic batching on, at most {max_batch} images per execution, "
         f"{instances} instance(s).",
         "",
-        "| tensor | type | shape (after the batch dimension) | meaning |",
-        "|---|---|---|---|",
-        f"| `{REQUEST_INPUT}` (input) | UINT8 | [-1] | the encoded image file (PNG, JPEG, ...) |",
-        "| `num_detections` | INT32 | [1] | detections of this image |",
-        "| `boxes` | FP32 | [-1, 4] | x1, y1, x2, y2, original-image pixels, by descending score |",
-        "| `scores` | FP32 | [-1] | |",
-        "| `labels` | INT32 | [-1] | 1..num_classes-1 |",
+        *_tensor_rows(spec),
     ]
-    if spec.has_masks:
-        lines.append("| `masks` | UINT8 | [-1] | UTF-8 JSON list: COCO RLE of each pasted mask |")
-    if spec.has_keypoints:
-        lines.append(f"| `keypoints` | FP32 | [-1, {spec.num_keypoints}, 3] | x, y, score |")
     lines += [
         "",
         "One image per request (batch dimension 1); Triton batches requests. A request that",
@@ -144,45 +236,139 @@ def _readme(name: str, spec: ModelSpec, artifact: Path, max_batch: int, instance
     return "\n".join(lines)
 
 
-def write_repository(
-    artifact: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    detector: str = "python",
-    max_batch: int = 8,
-    instances: int = 1,
-    name: str = "maskrt",
-    force: bool = False,
-) -> Path:
-    """Write a Triton model repository serving ``artifact`` to the folder ``out``."""
-    src = Path(artifact)
-    if not src.is_file():
-        raise MaskrtError(f"{src} does not exist")
+def resolve_detector(artifact: Path, detector: str) -> str:
+    """The detector layout for ``artifact``: ``auto`` is the TensorRT ensemble for an engine
+    and the python detector otherwise (it runs on any Triton, this workplace's included)."""
+    suffix = artifact.suffix.lower()
     if detector not in DETECTORS:
-        raise MaskrtError(
-            f"detector {detector!r} is not written yet; this maskrt writes {', '.join(DETECTORS)}"
-        )
-    if max_batch < 1 or instances < 1:
-        raise MaskrtError("--max-batch and --instances must be at least 1")
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise MaskrtError(f"model name {name!r}: use letters, digits, '-' and '_'")
-    spec = artifact_spec(src)
+        raise MaskrtError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    if detector == "auto":
+        return "tensorrt" if suffix == ".engine" else "python"
+    needs = {"tensorrt": ".engine", "onnxruntime": ".onnx"}.get(detector)
+    if needs and suffix != needs:
+        raise MaskrtError(f"the {detector} detector serves a {needs} file, not {artifact.name}")
+    return detector
+
+
+def _fresh_model_folders(root: Path, names: list[str]) -> None:
+    """Remove what an earlier `maskrt triton --force` left in the folders about to be written."""
+    for name in names:
+        if (root / name).is_dir():
+            shutil.rmtree(root / name)
+
+
+def _write_python(
+    root: Path, src: Path, spec: ModelSpec, name: str, max_batch: int, instances: int
+) -> None:
     backend = _SUFFIX_BACKEND[src.suffix.lower()]
-    root = Path(out)
-    if root.exists() and any(root.iterdir()) and not force:
-        raise MaskrtError(f"{root} is not empty; pass --force to overwrite it")
     version = root / name / "1"
-    version.mkdir(parents=True, exist_ok=True)
+    version.mkdir(parents=True)
     artifact_file = f"model{src.suffix.lower()}"
     shutil.copy2(src, version / artifact_file)
     if backend == "tensorrt":  # the engine's sidecar goes with it
         from ..sidecar import sidecar_path
 
         shutil.copy2(sidecar_path(src), sidecar_path(version / artifact_file))
-    atomic_write_text(version / "model.py", _MODEL_PY)
+    atomic_write_text(version / "model.py", _model_py("TritonPythonModel"))
     atomic_write_text(
         root / name / "config.pbtxt",
         model_config(name, spec, artifact_file, backend, max_batch, instances),
     )
     atomic_write_text(root / "README.md", _readme(name, spec, src, max_batch, instances))
+
+
+def _write_ensemble(
+    root: Path, src: Path, detector: str, name: str, max_batch: int, instances: int
+) -> DetectorFacts:
+    from . import ensemble as e
+
+    read = e.engine_detector_facts if detector == "tensorrt" else e.onnx_detector_facts
+    facts = read(src, max_batch)
+    pre, det, post = (name + s for s in e.STEP_SUFFIXES)
+    responses = _outputs(facts.spec)
+    for model, entry in ((pre, "PreprocessModel"), (post, "PostprocessModel")):
+        (root / model / "1").mkdir(parents=True)
+        atomic_write_text(root / model / "1" / "model.py", _model_py(entry))
+        atomic_write_text(root / model / "1" / SPEC_FILE, facts.spec.to_json())
+    (root / det / "1").mkdir(parents=True)
+    shutil.copy2(src, root / det / "1" / e.MODEL_FILES[detector])
+    if detector == "tensorrt":  # the sidecar goes beside the plan (Triton ignores it)
+        from ..sidecar import sidecar_path
+
+        shutil.copy2(sidecar_path(src), sidecar_path(root / det / "1" / e.MODEL_FILES[detector]))
+    (root / name / "1").mkdir(parents=True)  # Triton wants a version folder, empty for ensembles
+    atomic_write_text(
+        root / pre / "config.pbtxt", e.pre_config(pre, facts, instances, REQUEST_INPUT)
+    )
+    atomic_write_text(
+        root / det / "config.pbtxt", e.detector_config(det, detector, facts, instances)
+    )
+    atomic_write_text(
+        root / post / "config.pbtxt", e.post_config(post, facts, instances, responses)
+    )
+    atomic_write_text(
+        root / name / "config.pbtxt", e.ensemble_config(name, facts, REQUEST_INPUT, responses)
+    )
+    plugin = None
+    if facts.uses_plugins:
+        from maskrt.plugins import plugin_library_path
+
+        plugin = plugin_library_path()
+        if plugin is not None:
+            (root / "plugins").mkdir(exist_ok=True)
+            shutil.copy2(plugin, root / "plugins" / plugin.name)
+    atomic_write_text(
+        root / "README.md", _ensemble_readme(name, detector, facts, src, instances, plugin)
+    )
+    return facts
+
+
+def _can_check() -> bool:
+    """Whether Triton's ModelConfig protobuf (tritonclient, the serve extra) is here."""
+    try:
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_repository(
+    artifact: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    detector: str = "auto",
+    max_batch: int = 8,
+    instances: int = 1,
+    name: str = "maskrt",
+    force: bool = False,
+) -> Path:
+    """Write a Triton model repository serving ``artifact`` to the folder ``out``: the python
+    detector, or an ensemble around Triton's TensorRT / ONNX Runtime backend
+    (:func:`resolve_detector`). Where tritonclient is installed, the written configs are parsed
+    with Triton's ModelConfig and checked against each other and the artifact before returning."""
+    src = Path(artifact)
+    if not src.is_file():
+        raise MaskrtError(f"{src} does not exist")
+    detector = resolve_detector(src, detector)
+    if max_batch < 1 or instances < 1:
+        raise MaskrtError("--max-batch and --instances must be at least 1")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise MaskrtError(f"model name {name!r}: use letters, digits, '-' and '_'")
+    spec = artifact_spec(src)
+    root = Path(out)
+    if root.exists() and any(root.iterdir()) and not force:
+        raise MaskrtError(f"{root} is not empty; pass --force to overwrite it")
+    from .ensemble import STEP_SUFFIXES
+
+    _fresh_model_folders(root, [name] + [name + s for s in STEP_SUFFIXES])
+    if detector == "python":
+        _write_python(root, src, spec, name, max_batch, instances)
+    else:
+        _write_ensemble(root, src, detector, name, max_batch, instances)
+    if _can_check():
+        from .ensemble import check_repository
+
+        problems = check_repository(root)
+        if problems:
+            raise MaskrtError(f"internal: the repository in {root} is inconsistent: {problems[0]}")
     return root
