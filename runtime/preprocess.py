@@ -17,7 +17,7 @@ from maskrt.contract import SIZE_DIVISIBLE
 from maskrt.errors import MaskrtError
 from maskrt.specs import CUSTOM_ARCH, ModelSpec
 
-from .interpolate import resize_planes
+from .interpolate import resize_image_planes
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,23 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     )
 
 
-def resize_image(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> float32 [3, h, w] in [0, 1], resized like torchvision's
-    transform for ``spec`` (its min/max size, or its fixed size)."""
+def target_size(image: np.ndarray, spec: ModelSpec) -> tuple[int, int]:
+    """The (height, width) torchvision's transform for ``spec`` resizes ``image`` to."""
     check_image(image)
     h, w = spec.resized_size(image.shape[0], image.shape[1])
     if h < 1 or w < 1:
         raise MaskrtError(
             f"image of {image.shape[1]}x{image.shape[0]} pixels is too elongated to resize"
         )
-    planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-    planes /= np.float32(255.0)  # as torchvision's to_tensor, so that scale 1 is bit-exact
+    return h, w
+
+
+def resize_image(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> float32 [3, h, w] in [0, 1], resized like torchvision's
+    transform for ``spec`` (its min/max size, or its fixed size)."""
+    h, w = target_size(image, spec)
     # A linear resize commutes with torchvision's per-channel normalisation up to rounding.
-    return resize_planes(planes, h, w)
+    return resize_image_planes(image, np.empty((3, h, w), np.float32))
 
 
 def check_image(image: np.ndarray) -> None:
@@ -85,8 +89,7 @@ def preprocess(
     """
     if not images:
         raise MaskrtError("no images to preprocess")
-    resized = [resize_image(im, spec) for im in images]
-    sizes = [(r.shape[1], r.shape[2]) for r in resized]
+    sizes = [target_size(im, spec) for im in images]
     if fixed_size is None:
         height, width = padded_size(sizes)
     else:
@@ -95,8 +98,8 @@ def preprocess(
             raise MaskrtError(f"a resized image {max(sizes)} does not fit the fixed {fixed_size}")
     batch = np.empty((len(images), 3, height, width), np.float32)
     mean = np.asarray(spec.image_mean, np.float32)[:, None, None]
-    for i, (r, (h, w)) in enumerate(zip(resized, sizes)):
-        batch[i, :, :h, :w] = r
+    for i, (image, (h, w)) in enumerate(zip(images, sizes)):
+        resize_image_planes(image, batch[i, :, :h, :w])  # straight into its slot
         batch[i, :, :h, w:] = mean
         batch[i, :, h:, :] = mean
     return Batch(

@@ -63,3 +63,14 @@ def test_memory_benchmark_runs_each_configuration_alone(
     rows = {ln.split("|")[1].strip(): ln.split("|")[3].strip() for ln in r.stdout.splitlines()
             if ln.startswith("| ") and "MiB" not in ln}  # fmt: skip
     assert rows == {"torchvision eager": "True", "onnxruntime, full install": "False"}
+
+
+def test_preprocess_benchmark_agrees_with_torchvision(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    r = _run("bench_preprocess.py", "--sizes", "90x120,200x150", "--reps", "10",
+             "--min-size", "128", "--max-size", "224", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["resized"] for row in rows] == [[128, 170], [170, 128]]
+    # runtime/README.md: within 1e-4 of torchvision's normalise + resize
+    assert all(row["max_abs_diff"] <= 1e-4 for row in rows), rows

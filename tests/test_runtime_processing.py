@@ -271,3 +271,34 @@ def test_postprocess_decodes_keypoint_logits_like_torchvision() -> None:
     assert dets.masks is None and dets.keypoints is not None
     np.testing.assert_array_equal(dets.keypoints, ref["keypoints"].numpy())
     np.testing.assert_array_equal(dets.boxes, ref["boxes"].numpy())
+
+
+def test_threaded_resize_equals_one_pass_and_writes_only_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bands on threads give the bits of one serial pass, and write only the batch slot."""
+    from maskrt.runtime import interpolate
+
+    rng = np.random.default_rng(11)
+    for (h, w), (out_h, out_w) in [((480, 640), (800, 1067)), ((1080, 1920), (750, 1333))]:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        slot = np.full((3, out_h + 3, out_w + 5), np.nan, np.float32)
+        threaded = interpolate.resize_image_planes(image, slot[:, :out_h, :out_w]).copy()
+        assert np.isnan(slot[:, out_h:]).all() and np.isnan(slot[:, :, out_w:]).all()
+        monkeypatch.setattr(interpolate, "_SMALL_WINDOW", 1 << 40)  # one band per channel
+        serial = interpolate.resize_image_planes(image, np.empty((3, out_h, out_w), np.float32))
+        monkeypatch.undo()
+        np.testing.assert_array_equal(threaded, serial)
+        assert 0.0 <= threaded.min() and threaded.max() <= 1.0
+
+
+def test_resize_works_in_a_forked_child() -> None:
+    """The resize threads do not survive fork: a child starts its own (no deadlock)."""
+    import multiprocessing
+
+    image = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    spec = ModelSpec(arch="maskrcnn_resnet50_fpn")
+    want = preprocess([image], spec).images  # the parent's pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(preprocess, ([image], spec)).get(timeout=60).images
+    np.testing.assert_array_equal(got, want)
