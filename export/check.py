@@ -7,10 +7,15 @@ it traces a twin with the RPN and box score thresholds at 0 (those two constants
 differs) and compares that: every proposal then yields detections, trained or not.
 
 Rules (per image): detections pair up by label and IoU as ``maskrt validate`` pairs them
-(:func:`maskrt.detections.match_detections`); a detection may go unpaired only when the list is
-full (``box_detections_per_img`` rows) and its score ties the last kept score within
-``SCORE_TOL`` (which of near-equal scores makes the cut is summation order); paired boxes,
-scores, mask probabilities and keypoint logits agree within the tolerances below.
+(:func:`maskrt.detections.match_detections`); a detection may go unpaired only where float
+rounding legitimately decides: when the list is full (``box_detections_per_img`` rows) and its
+score ties the last kept score within ``SCORE_TOL`` (which of near-equal scores makes the cut is
+summation order), or when its box is thinner than ``THIN_BOX_PX`` (a quarter pixel: whether
+torchvision's small-box filter, 1e-2 px, keeps it is a last bit, and a coordinate off by a
+rounding moves such a box's IoU with its counterpart below the pairing's 0.5; seen on a
+random-weight R50-FPN: a 0.014 px wide box kept by the graph only, a 0.11 px wide one paired with
+neither). Paired boxes, scores, mask probabilities and keypoint logits agree within the
+tolerances below.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ BOX_RTOL = 1e-3
 MASK_TOL = 1e-2  # mask probabilities
 KEYPOINT_TOL = 1e-2  # heatmap logits, relative to 1 + |logit|
 DEFAULT_MIN_DETECTIONS = 20
+THIN_BOX_PX = 0.25  # boxes thinner than this pair or pass the 1e-2 px filter by rounding
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,9 @@ def torchvision_reference(
 
 @dataclass(frozen=True)
 class EagerCheck:
-    """What the check compared: images, detections paired, near-tie detections left unpaired
-    at the list's cut, the worst errors, and whether the score thresholds were lowered to 0."""
+    """What the check compared: images, detections paired, detections left unpaired where float
+    rounding decides (a near-tie at the list's cut, a box at the small-box filter), the worst
+    errors, and whether the score thresholds were lowered to 0."""
 
     images: int
     paired: int
@@ -106,7 +113,8 @@ class EagerCheck:
         return (
             f"checked against torchvision eager{how}: {self.paired} detections on "
             f"{self.images} images agree (worst box {self.box_err:.2g} px, score "
-            f"{self.score_err:.2g}, mask {self.mask_err:.2g}); {self.tied_at_cut} tied at the cut"
+            f"{self.score_err:.2g}, mask {self.mask_err:.2g}); {self.tied_at_cut} unpaired where "
+            "rounding decides (tied at the cut, or at the small-box filter)"
         )
 
 
@@ -153,12 +161,16 @@ def compare(
             ("torchvision", eager, {a for a, _ in pairs}),
             ("graph", graph, {b for _, b in pairs}),
         ):
+            sides = dets.boxes[:, 2:] - dets.boxes[:, :2]
+            thin = sides.min(axis=1, initial=np.inf) < THIN_BOX_PX
+            tied_or_thin = (full & (dets.scores <= cut + SCORE_TOL)) | thin
             lone = [j for j in range(len(dets)) if j not in used]
-            if lone and not (full and all(dets.scores[j] <= cut + SCORE_TOL for j in lone)):
-                j = lone[0]
+            unexplained = [j for j in lone if not tied_or_thin[j]]
+            if unexplained:
+                j = unexplained[0]
                 raise _mismatch(
                     i,
-                    f"{len(lone)} of {len(dets)} {side} detections have no counterpart "
+                    f"{len(unexplained)} of {len(dets)} {side} detections have no counterpart "
                     f"(first: label {int(dets.labels[j])}, score {float(dets.scores[j]):.4f}, "
                     f"box {np.round(dets.boxes[j], 1).tolist()})",
                 )

@@ -452,3 +452,37 @@ def test_validate_and_infer_a_factory_model(
     done = CliRunner().invoke(main, ["infer", str(surgered), str(image), "-o", str(tmp_path / "i")])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "i").is_dir() and any((tmp_path / "i").iterdir())
+
+
+def test_eager_check_rules() -> None:
+    """The export check's comparison: what it forgives (a near-tie at a full list's cut, a
+    sub-pixel thin box) and what it refuses (any other lone detection, a moved box)."""
+    from maskrt.export.check import Reference, compare
+
+    def ref(boxes: list[list[float]], scores: list[float]) -> Reference:
+        b = np.asarray(boxes, np.float32)
+        return Reference(b, np.asarray(scores, np.float32), np.ones(len(scores), np.int64),
+                         None, None, np.zeros((0, 4), np.float32))  # fmt: skip
+
+    def graph(boxes: list[list[float]], scores: list[float], k: int) -> dict[str, np.ndarray]:
+        b = np.zeros((1, k, 4), np.float32)
+        s = np.zeros((1, k), np.float32)
+        b[0, : len(boxes)], s[0, : len(scores)] = boxes, scores
+        labels = np.zeros((1, k), np.int32)
+        labels[0, : len(scores)] = 1
+        n = np.asarray([len(scores)], np.int32)
+        return {"num_detections": n, "boxes": b, "scores": s, "labels": labels}
+
+    a, b, c = [0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]
+    thin = [5, 5, 5.1, 30]
+    assert compare(graph([a, b], [0.9, 0.5], 2), [ref([a, b], [0.9, 0.5])], 2)[0] == 2
+    # full list (k=2): the last places tie within SCORE_TOL, either may make the cut
+    assert compare(graph([a, b], [0.9, 0.5], 2), [ref([a, c], [0.9, 0.5004])], 2)[:2] == (1, 2)
+    # a sub-pixel thin box on one side only
+    assert compare(graph([a, thin], [0.9, 0.8], 3), [ref([a], [0.9])], 3)[:2] == (1, 1)
+    with pytest.raises(MaskrtError, match="no counterpart"):  # not full: nothing was cut
+        compare(graph([a, b], [0.9, 0.5], 3), [ref([a, c], [0.9, 0.5004])], 3)
+    with pytest.raises(MaskrtError, match="no counterpart"):  # a real, confident extra
+        compare(graph([a, b], [0.9, 0.8], 3), [ref([a], [0.9])], 3)
+    with pytest.raises(MaskrtError, match="moved"):
+        compare(graph([[0, 0, 10, 10.5]], [0.9], 3), [ref([a], [0.9])], 3)
