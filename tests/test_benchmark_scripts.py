@@ -74,3 +74,13 @@ def test_preprocess_benchmark_agrees_with_torchvision(tmp_path: Path) -> None:
     assert [row["resized"] for row in rows] == [[128, 170], [170, 128]]
     # runtime/README.md: within 1e-4 of torchvision's normalise + resize
     assert all(row["max_abs_diff"] <= 1e-4 for row in rows), rows
+
+
+def test_stage_benchmark_covers_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    r = _run("bench_stages.py", "--arch", "demo_maskrcnn", "--size", "128x160",
+             "--detections", "5", "--reps", "1", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = {row["stage"]: row for row in json.loads(out.read_text())["rows"]}
+    for stage in ("backbone", "rpn head", "RoIAlign", "box head", "mask head"):
+        assert rows[stage]["torchvision_ms"] > 0 and rows[stage]["onnxruntime_ms"] > 0, stage
