@@ -78,9 +78,16 @@ def test_preprocess_benchmark_agrees_with_torchvision(tmp_path: Path) -> None:
 
 def test_stage_benchmark_covers_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    r = _run("bench_stages.py", "--arch", "demo_maskrcnn", "--size", "128x160",
+    r = _run("bench_stages.py", "--arch", "demo_maskrcnn", "--size", "128x160", "--batch", "2",
              "--detections", "5", "--reps", "1", "--json", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    rows = {row["stage"]: row for row in json.loads(out.read_text())["rows"]}
+    report = json.loads(out.read_text())
+    rows = {row["stage"]: row for row in report["rows"]}
     for stage in ("backbone", "rpn head", "RoIAlign", "box head", "mask head"):
         assert rows[stage]["torchvision_ms"] > 0 and rows[stage]["onnxruntime_ms"] > 0, stage
+    for stage in ("backbone", "rpn head", "box head", "mask head"):  # the FLOP-counted ones
+        assert 0 < rows[stage]["floor_ms"] <= rows[stage]["onnxruntime_ms"], stage
+    # RoIs x 64 channels x 7 x 7 (box) or 14 x 14 (mask) bins x 2 x 2 samples each
+    assert report["roialign_samples"] > 0 and report["roialign_samples"] % (64 * 49 * 4) == 0
+    assert report["bound_flops_only_ms"] < report["bound_standard_ops_ms"]
+

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from maskrt.detections import Detections, same_detections
+from maskrt.errors import MaskrtError
 from maskrt.machine import machine_facts, machine_line, peak_rss_mib
 from maskrt.specs import ModelSpec
 
@@ -121,6 +122,34 @@ class OnnxRuntimeSide:
         return result
 
 
+def bench_images(data: str | None, size: str | None, count: int) -> list[np.ndarray]:
+    """``count`` RGB uint8 images: a dataset's val images (``data``: a root as `maskrt data
+    shapes` writes it), or synthetic shapes; scaled to ``size`` ("HxW") when given."""
+    from PIL import Image
+
+    from maskrt.runtime import read_image
+    from maskrt.training.shapes import generate_image, split_paths
+
+    if count <= 0:
+        raise MaskrtError("--num-images must be positive")
+    if data:
+        image_dir, _ = split_paths(data, "val")
+        paths = sorted(image_dir.glob("*.png"))[:count]
+        images = [read_image(p) for p in paths]
+    else:
+        images = [generate_image(123, "val", i)[0] for i in range(count)]
+    if size:
+        try:
+            h, w = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise MaskrtError(f"--size wants HxW like 800x1344, got {size!r}") from None
+        images = [
+            np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR))
+            for im in images
+        ]
+    return images
+
+
 # Seconds to wait after each run: longer than any side's workers spin after a call.
 SETTLE_S = 0.06
 
@@ -167,7 +196,7 @@ def _child_peak_rss(
     the graph's metadata), never torch or the model."""
     side: Any
     if kind == "torch":
-        _, model = _load(checkpoint, arch)
+        _, model = bench_model(checkpoint, arch)
         side = TorchvisionSide(model)
     else:
         from maskrt.onnxio import read_spec
@@ -202,7 +231,7 @@ def _peak_rss(
         proc.join()
 
 
-def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
+def bench_model(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
     """A checkpoint, or (checkpoint == "") a random-weight ``arch`` keeping its top 100 boxes."""
     from maskrt.checkpoint import load_checkpoint
     from maskrt.specs import build_model, default_spec
@@ -221,7 +250,6 @@ def _load(checkpoint: str, arch: str | None) -> tuple[ModelSpec, Any]:
 def _check_precisions(precisions: Sequence[str], calib_data: Sequence[str] | None) -> None:
     """Refuse what ``_precision_graphs`` cannot make, before any slow export."""
     from maskrt.contract import PRECISIONS
-    from maskrt.errors import MaskrtError
 
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
@@ -269,7 +297,7 @@ def bench_end_to_end(
     times the all-static graph made for TensorRT."""
     _check_precisions(precisions, calib_data)
     ckpt = os.fspath(checkpoint) if checkpoint else ""
-    spec, model = _load(ckpt, arch)
+    spec, model = bench_model(ckpt, arch)
     report: dict[str, Any] = {
         "model": spec.arch,
         "images": len(images),

@@ -251,7 +251,7 @@ def bench_command(
 
     from maskrt.fileio import atomic_write_text, check_writable
 
-    from .bench import PASTE_CASES, bench_end_to_end, bench_paste_masks, format_report
+    from .bench import PASTE_CASES, bench_end_to_end, bench_images, bench_paste_masks, format_report
 
     if checkpoint is None and arch is None:
         raise MaskrtError("give a CHECKPOINT, or --arch for a random-weight model")
@@ -259,7 +259,7 @@ def bench_command(
         raise MaskrtError(f"{checkpoint} does not exist")
     if json_out:
         check_writable(json_out, force)
-    images = _bench_images(data, size, num_images)
+    images = bench_images(data, size, num_images)
     report = bench_end_to_end(
         images,
         checkpoint=checkpoint,
@@ -286,34 +286,6 @@ def bench_command(
             )
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=2))
-
-
-def _bench_images(data: str | None, size: str | None, count: int) -> list:
-    """RGB uint8 images: a dataset's val images, or synthetic shapes scaled to --size."""
-    import numpy as np
-    from PIL import Image
-
-    from maskrt.runtime import read_image
-    from maskrt.training.shapes import generate_image, split_paths
-
-    if count <= 0:
-        raise MaskrtError("--num-images must be positive")
-    if data:
-        image_dir, _ = split_paths(data, "val")
-        paths = sorted(image_dir.glob("*.png"))[:count]
-        images = [read_image(p) for p in paths]
-    else:
-        images = [generate_image(123, "val", i)[0] for i in range(count)]
-    if size:
-        try:
-            h, w = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise MaskrtError(f"--size wants HxW like 800x1344, got {size!r}") from None
-        images = [
-            np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR))
-            for im in images
-        ]
-    return images
 
 
 def default_cache_dir() -> Path:
