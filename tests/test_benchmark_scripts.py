@@ -91,3 +91,12 @@ def test_stage_benchmark_covers_every_stage(tmp_path: Path) -> None:
     assert report["roialign_samples"] > 0 and report["roialign_samples"] % (64 * 49 * 4) == 0
     assert report["bound_flops_only_ms"] < report["bound_standard_ops_ms"]
 
+
+def test_detection_differences_explains_each_image() -> None:
+    r = _run("detection_differences.py", "--arch", "demo_maskrcnn", "--size", "128x160",
+             "--num-images", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("image 0: "))
+    # the deploy graph finds torchvision's objects, paired one to one within a fraction of a px
+    assert "validate's rule: True" in line, line
+    assert float(line.split("pairs differ by <= ")[1].split()[0]) < 0.5, line
