@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +24,13 @@ from torchvision.models.detection.transform import (
 from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.runtime.interpolate import resize_bilinear_above
-from maskrt.runtime.postprocess import paste_masks, postprocess, resize_boxes, resize_keypoints
+from maskrt.runtime.postprocess import (
+    paste_masks,
+    postprocess,
+    resize_boxes,
+    resize_keypoints,
+    sparse_zeros,
+)
 from maskrt.runtime.preprocess import Batch, preprocess, resized_size
 from maskrt.specs import ModelSpec, demo_spec
 
@@ -167,6 +176,33 @@ def test_resize_above_threshold_matches_interpolate(kind: str, seed: int) -> Non
     ref = (full > 0.5).numpy()[rows, cols]
     assert ref.any() and not ref.all()
     assert np.array_equal(ours, ref), f"{(ours != ref).sum()} pixels differ"
+
+
+def test_paste_masks_small_boxes_on_a_large_image_pixel_exact() -> None:
+    # boxes spanning few rows on >= 4 MiB of masks: the sparse (huge-page-free) allocation
+    rng = np.random.default_rng(7)
+    h, w, n = 600, 800, 12
+    masks = _blob_masks(rng, n)
+    x0, y0 = rng.uniform(0, w - 120, n), rng.uniform(0, h - 120, n)
+    size = rng.uniform(20, 110, (2, n))
+    boxes = np.stack([x0, y0, x0 + size[0], y0 + size[1]], 1).astype(np.float32)
+    ours = paste_masks(masks, boxes, (h, w))
+    owner = ours.base
+    while isinstance(owner, (np.ndarray, memoryview)):
+        owner = owner.base if isinstance(owner, np.ndarray) else owner.obj
+    assert ours.nbytes >= 1 << 22 and isinstance(owner, mmap.mmap)
+    ref = paste_masks_in_image(torch.from_numpy(masks)[:, None], torch.from_numpy(boxes), (h, w))
+    assert np.array_equal(ours, (ref[:, 0] > 0.5).numpy())
+
+
+def test_sparse_zeros_is_a_plain_private_array() -> None:
+    a = sparse_zeros((3, 1000, 2000), bool)
+    assert a.shape == (3, 1000, 2000) and a.dtype == bool and not a.any()
+    a[1, 5, 7] = True  # writable, and shares nothing with the next one
+    b = sparse_zeros((3, 1000, 2000), bool)
+    assert a.sum() == 1 and not b.any()
+    assert np.array_equal(pickle.loads(pickle.dumps(a)), a)
+    assert sparse_zeros((2, 3), np.float32).tolist() == [[0.0] * 3] * 2  # small: np.zeros
 
 
 def test_paste_masks_empty() -> None:
