@@ -12,7 +12,9 @@ on the model's own intermediate results (backbone + FPN, RPN head, RoIAlign of t
 proposals and of the detections, box head, mask head), and the whole network (backbone, RPN and
 RoI heads) without pre- and post-processing. ONNX Runtime side: the compact-heads deploy graph
 (the one `maskrt bench` times) at its default settings, node times from its profiler summed by
-the module their names come from, and the whole graph timed without the profiler.
+the module their names come from, and the whole graph timed without the profiler. Whole-network
+and torchvision stage times are the best of ``--reps`` runs; ONNX Runtime's stage times are the
+mean over its profiled runs, which if anything puts RoIAlign's floor a little high.
 
 The limit: each stage's FLOPs (counted by ``torch.utils.flop_counter`` on the torchvision side;
 the deploy graph runs the same layers on the same rows) divided by the fastest FP32 rate ONNX
@@ -253,7 +255,7 @@ def main() -> None:
     # The profiler's own cost lands between nodes; "rest" is what the unprofiled run leaves.
     ours["rest"] = max(0.0, ort_total - sum(v for s, v in ours.items() if s != "rest"))
 
-    shape = f"{args.size or 'own size'}" if not args.checkpoint else "dataset images"
+    shape = args.size or ("dataset images" if args.data else "synthetic shapes")
     name = Path(args.checkpoint).stem if args.checkpoint else args.arch
     print(f"{name}, {len(images)} images ({shape}), batch {args.batch}; ms per call")
     # A stage of the graph may run faster than the nodes alone did (the machine drifts): the peak

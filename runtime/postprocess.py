@@ -75,17 +75,23 @@ def sparse_zeros(shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
 
     A large one gets its own anonymous mapping with huge pages off, so that each first write
     zeroes one 4 KiB page instead of the 2 MiB around it: 100 masks in boxes of up to 40 % of an
-    800x1344 image paste in 35 instead of 41 ms (p90 37 instead of 125-284 ms), and where fresh
-    memory is slow to fault in (a VM) the first call takes 20 instead of ~250 ms
+    800x1344 image paste in 35-36 instead of 41-43 ms (p90 38 instead of 43-260 ms), and where
+    fresh memory is slow to fault in (a VM) the first call takes 20 instead of ~250 ms
     (BENCHMARKS.md, 2026-12-03). Mostly written arrays are better off with huge pages.
     """
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if nbytes < _HUGE_PAGE_ARRAY_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):  # not Linux
         return np.zeros(shape, dtype)
-    # private (a forked child writes its own copy), anonymous (zero-filled), freed with the
-    # last array that views it
-    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    try:
+        # private (a forked child writes its own copy), anonymous (zero-filled), freed with the
+        # last array that views it
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:
+        return np.zeros(shape, dtype)  # no mapping to be had: numpy's error says it plainly
+    try:
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    except OSError:
+        pass  # a kernel without transparent huge pages: 4 KiB pages anyway
     return np.frombuffer(buffer, dtype).reshape(shape)
 
 

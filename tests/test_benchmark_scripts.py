@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from _roialign_cases import FP32_TOL
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -79,17 +80,29 @@ def test_preprocess_benchmark_agrees_with_torchvision(tmp_path: Path) -> None:
 def test_stage_benchmark_covers_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     r = _run("bench_stages.py", "--arch", "demo_maskrcnn", "--size", "128x160", "--batch", "2",
-             "--detections", "5", "--reps", "1", "--json", str(out))  # fmt: skip
+             "--num-images", "4", "--detections", "5", "--reps", "1",
+             "--json", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     rows = {row["stage"]: row for row in report["rows"]}
     for stage in ("backbone", "rpn head", "RoIAlign", "box head", "mask head"):
         assert rows[stage]["torchvision_ms"] > 0 and rows[stage]["onnxruntime_ms"] > 0, stage
-    for stage in ("backbone", "rpn head", "box head", "mask head"):  # the FLOP-counted ones
-        assert 0 < rows[stage]["floor_ms"] <= rows[stage]["onnxruntime_ms"], stage
+    computed = ("backbone", "rpn head", "box head", "mask head")  # the FLOP-counted stages
+    peak = report["peak_gflops"]
+    for stage in computed:
+        row = rows[stage]
+        assert row["gflop"] > 0 and row["floor_ms"] == pytest.approx(1000 * row["gflop"] / peak)
+    # every bound is the sum of its stages' floors
+    flops_only = sum(rows[s]["floor_ms"] for s in computed)
+    assert report["bound_flops_only_ms"] == pytest.approx(flops_only)
+    assert report["bound_roialign_rest_free_ms"] == pytest.approx(
+        flops_only + rows["RoIAlign"]["onnxruntime_ms"]
+    )
+    assert report["bound_standard_ops_ms"] == pytest.approx(
+        sum(row["floor_ms"] for row in rows.values())
+    )
     # RoIs x 64 channels x 7 x 7 (box) or 14 x 14 (mask) bins x 2 x 2 samples each
     assert report["roialign_samples"] > 0 and report["roialign_samples"] % (64 * 49 * 4) == 0
-    assert report["bound_flops_only_ms"] < report["bound_standard_ops_ms"]
 
 
 def test_detection_differences_explains_each_image() -> None:

@@ -178,6 +178,7 @@ def test_resize_above_threshold_matches_interpolate(kind: str, seed: int) -> Non
     assert np.array_equal(ours, ref), f"{(ours != ref).sum()} pixels differ"
 
 
+@pytest.mark.skipif(not hasattr(mmap, "MADV_NOHUGEPAGE"), reason="huge pages are Linux's")
 def test_paste_masks_small_boxes_on_a_large_image_pixel_exact() -> None:
     # boxes spanning few rows on >= 4 MiB of masks: the sparse (huge-page-free) allocation
     rng = np.random.default_rng(7)
