@@ -102,9 +102,9 @@ def torch_stages(
     ms: dict[str, float] = {}
     gflop: dict[str, float] = {}
 
-    def stage(name: str, fn: Callable[[], Any], add: bool = False) -> None:
-        ms[name] = ms.get(name, 0.0) * add + _min_ms(fn, reps)
-        gflop[name] = gflop.get(name, 0.0) * add + _gflop(fn)
+    def stage(name: str, fn: Callable[[], Any]) -> None:  # RoIAlign adds up box and mask poolers
+        ms[name] = ms.get(name, 0.0) + _min_ms(fn, reps)
+        gflop[name] = gflop.get(name, 0.0) + _gflop(fn)
 
     with torch.inference_mode():
         batch, _ = model.transform([to_tensor(im) for im in images])
@@ -117,16 +117,13 @@ def torch_stages(
         pooled = heads.box_roi_pool(feats, proposals, sizes)
         stage("RoIAlign", lambda: heads.box_roi_pool(feats, proposals, sizes))
         stage("box head", lambda: heads.box_predictor(heads.box_head(pooled)))
-        channels = int(pooled.shape[1])
-        ratio = heads.box_roi_pool.sampling_ratio
-        samples = int(pooled.shape[0]) * channels * pooled.shape[2] * pooled.shape[3] * ratio**2
+        samples = int(pooled.numel()) * heads.box_roi_pool.sampling_ratio**2
         boxes = [d["boxes"] for d in dets]
         if heads.has_mask() and sum(len(b) for b in boxes):
             masked = heads.mask_roi_pool(feats, boxes, sizes)
-            stage("RoIAlign", lambda: heads.mask_roi_pool(feats, boxes, sizes), add=True)
+            stage("RoIAlign", lambda: heads.mask_roi_pool(feats, boxes, sizes))
             stage("mask head", lambda: heads.mask_predictor(heads.mask_head(masked)))
-            ratio = heads.mask_roi_pool.sampling_ratio
-            samples += int(masked.numel()) * ratio**2
+            samples += int(masked.numel()) * heads.mask_roi_pool.sampling_ratio**2
 
         def whole() -> None:
             f = model.backbone(batch.tensors)
