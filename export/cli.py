@@ -34,6 +34,14 @@ from maskrt.cliargs import (
     is_flag=True,
     help="Write the graph without comparing it with the eager model first.",
 )
+@click.option(
+    "--check-images",
+    "check_images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="An image to run the check on instead of noise (repeat for several; real images "
+    "give fewer near-ties).",
+)
 def export_command(
     checkpoint: str,
     output: str,
@@ -47,6 +55,7 @@ def export_command(
     compact_heads: bool,
     force: bool,
     no_check: bool,
+    check_images: tuple[str, ...],
 ) -> None:
     """Export CHECKPOINT to a padded-output ONNX graph for deployment.
 
@@ -71,5 +80,6 @@ def export_command(
         compact_heads=compact_heads,
         force=force,
         check=not no_check,
+        check_images=check_images,
     )
     click.echo(str(summary))

@@ -45,6 +45,9 @@ _NMS_SCORE_THRESHOLD = -0.5
 _RPN_MIN_SIZE = 1e-3  # torchvision RegionProposalNetwork.min_size
 _BOX_MIN_SIZE = 1e-2  # torchvision RoIHeads.postprocess_detections
 
+# Debug outputs (``with_proposals``), after the contract's: not part of the deploy contract.
+DEBUG_OUTPUTS = ("proposals", "proposal_scores", "num_proposals")
+
 # (feature maps [B, C, H_l, W_l] finest first, RoIs [B, N, 4], unit) -> [B, N, C, P, P]
 RoIAlignFn = Callable[[list[Tensor], Tensor, RoIAlignUnit], Tensor]
 
@@ -139,7 +142,8 @@ class DeployModel(nn.Module):
         super().__init__()
         self.roi_align = roi_align
         self.compact_heads = compact_heads
-        # Debug outputs after the contract's: proposals [B, P, 4] and num_proposals [B] int32.
+        # Debug outputs after the contract's: proposals [B, P, 4], proposal_scores [B, P]
+        # (objectness probabilities) and num_proposals [B] int32.
         self.with_proposals = with_proposals
         self.model = model
         rpn, heads = model.rpn, model.roi_heads
@@ -198,8 +202,9 @@ class DeployModel(nn.Module):
 
     def proposals(
         self, images: Tensor, features: list[Tensor], image_sizes: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """RPN proposals [B, post_nms_top_n, 4] and their validity [B, post_nms_top_n]."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """RPN proposals [B, post_nms_top_n, 4], their objectness probabilities and their
+        validity (both [B, post_nms_top_n]; -inf scores on padding rows)."""
         rpn = self.model.rpn
         objectness, deltas = rpn.head(features)
         anchors = self._anchors(images, features)
@@ -236,7 +241,7 @@ class DeployModel(nn.Module):
         ranked = torch.where(kept, probs, float("-inf"))
         top, idx = _top_k_padded(ranked, self.post_nms_top_n, num_levels * pre)
         boxes = F.pad(boxes, (0, 0, 0, max(0, self.post_nms_top_n - num_levels * pre)))
-        return _gather_rows(boxes, idx), top > float("-inf")
+        return _gather_rows(boxes, idx), top, top > float("-inf")
 
     # ---------------------------------------------------------------- box head
 
@@ -337,7 +342,7 @@ class DeployModel(nn.Module):
         x = (images - self.mean) / self.std
         features = backbone_features(self.model.backbone, x)
         feature_list = list(features.values())
-        proposals, proposal_valid = self.proposals(x, feature_list, image_sizes)
+        proposals, proposal_scores, proposal_valid = self.proposals(x, feature_list, image_sizes)
         boxes, scores, labels, valid = self.detect(features, proposals, proposal_valid, image_sizes)
         outputs: list[Any] = [
             valid.sum(1).to(torch.int32),
@@ -350,5 +355,6 @@ class DeployModel(nn.Module):
         if self.has_keypoints:
             outputs.append(self.keypoint_logits(features, boxes, valid))
         if self.with_proposals:
-            outputs += [proposals, proposal_valid.sum(1).to(torch.int32)]
+            scores = torch.where(proposal_valid, proposal_scores, 0.0)
+            outputs += [proposals, scores, proposal_valid.sum(1).to(torch.int32)]
         return tuple(outputs)

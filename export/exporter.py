@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from maskrt.onnxio import IR_VERSION, save_onnx
 from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION, UNIT_OP_TYPE
 from maskrt.specs import ModelSpec
 
-from .check import DEFAULT_MIN_DETECTIONS, EagerCheck, check_against_eager
-from .deploy import DeployModel
+from .check import DEFAULT_MIN_DETECTIONS, EagerCheck, check_against_eager, load_check_images
+from .deploy import DEBUG_OUTPUTS, DeployModel
 from .functions import multiscale_roi_align_function
 from .tracing import trace_to_onnx
 
@@ -38,8 +38,6 @@ MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode
 MAX_OPSET = 20  # the TorchScript-based exporter's newest
 FORBIDDEN_OPS = ("Loop", "If", "Scan")
 
-# Debug outputs (``with_proposals``), after the contract's: not part of the deploy contract.
-DEBUG_OUTPUTS = ("proposals", "num_proposals")
 
 _NP_TO_ONNX = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64}
 
@@ -177,10 +175,12 @@ def build_onnx(
     """The deploy graph of ``model`` as an in-memory, checked ModelProto (ONNX checks only; the
     comparison with the eager module is :func:`export_onnx`'s). ``spec`` as in export_onnx.
 
-    ``with_proposals`` adds the debug outputs ``proposals`` [B, post_nms_top_n, 4] and
-    ``num_proposals`` [B] (for tests; not part of the contract). ``compact_heads`` runs the
-    mask/keypoint heads only on detected rows (see :mod:`maskrt.export.deploy`). ``step(name)``
-    is called as each stage starts (trace, assemble, verify), for progress display.
+    ``with_proposals`` adds the debug outputs ``proposals`` [B, post_nms_top_n, 4],
+    ``proposal_scores`` [B, post_nms_top_n] (objectness probabilities, 0 on padding rows) and
+    ``num_proposals`` [B] (for the check's diagnosis and tests; not part of the contract).
+    ``compact_heads`` runs the mask/keypoint heads only on detected rows (see
+    :mod:`maskrt.export.deploy`). ``step(name)`` is called as each stage starts (trace,
+    assemble, verify), for progress display.
     """
     step = step or (lambda name: None)
     spec = resolve_spec(model, spec)
@@ -205,7 +205,8 @@ def build_onnx(
     if with_proposals:
         specs += (
             contract.TensorSpec(DEBUG_OUTPUTS[0], "float32", ("B", deploy.post_nms_top_n, 4)),
-            contract.TensorSpec(DEBUG_OUTPUTS[1], "int32", ("B",)),
+            contract.TensorSpec(DEBUG_OUTPUTS[1], "float32", ("B", deploy.post_nms_top_n)),
+            contract.TensorSpec(DEBUG_OUTPUTS[2], "int32", ("B",)),
         )
     names = [s.name for s in specs]
     in_names, out_names = names[:2], names[2:]
@@ -276,6 +277,7 @@ def export_onnx(
     force: bool = False,
     progress: bool = True,
     check: bool = True,
+    check_images: Sequence[str | os.PathLike[str]] = (),
     min_check_detections: int = DEFAULT_MIN_DETECTIONS,
 ) -> ExportSummary:
     """Export ``model``, any torchvision two-stage detector (``GeneralizedRCNN``: Faster, Mask
@@ -288,7 +290,8 @@ def export_onnx(
     is written. ``check`` (default on) compares the graph in ONNX Runtime with the eager module
     on two noise images before writing (:mod:`maskrt.export.check`; ``min_check_detections``
     detections at least, with the score thresholds at 0 when needed) and writes nothing if they
-    differ.
+    differ. ``check_images``: the user's own images to check on instead of noise (real images
+    give fewer near-ties: see export/README.md).
 
     ``batch``, ``height`` and ``width`` fix those input dimensions (default: dynamic).
     ``compact_heads`` runs the mask/keypoint heads only on detected rows: faster in ONNX Runtime,
@@ -299,6 +302,13 @@ def export_onnx(
     target = check_writable(path, force)
     spec = resolve_spec(model, spec)
     model.eval()
+    if check_images and not check:
+        raise MaskrtError("check images given with the check turned off: give one or the other")
+    inputs = (  # read before the slow part, so that a bad image fails at once
+        load_check_images(model, check_images, batch, height, width)
+        if check_images
+        else check_inputs(spec, batch, height, width)
+    )
     with tqdm(
         total=2 + int(check), desc=f"export {spec.name}", disable=not progress, leave=False
     ) as bar:
@@ -308,7 +318,7 @@ def export_onnx(
                 bar.update(1)
             bar.set_postfix_str(name)
 
-        def build(described: ModelSpec) -> onnx.ModelProto:
+        def build(described: ModelSpec, with_proposals: bool = False) -> onnx.ModelProto:
             return build_onnx(
                 model,
                 spec=described,
@@ -316,6 +326,7 @@ def export_onnx(
                 height=height,
                 width=width,
                 opset=opset,
+                with_proposals=with_proposals,
                 compact_heads=compact_heads,
             )
 
@@ -327,10 +338,9 @@ def export_onnx(
             result = check_against_eager(
                 onnx_model,
                 model,
-                check_inputs(spec, batch, height, width),
-                spec.box_detections_per_img,
+                inputs,
                 # the module as it is then (score thresholds at 0), described afresh
-                rebuild=lambda: build(spec_from_module(model)),
+                rebuild=lambda debug: build(spec_from_module(model), with_proposals=debug),
                 min_detections=min_check_detections,
             )
         step("write")

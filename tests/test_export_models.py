@@ -31,10 +31,9 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone, resn
 from torchvision.ops import MultiScaleRoIAlign
 
 from maskrt.checkpoint import load_checkpoint, save_checkpoint
-from maskrt.detections import Detections, match_detections
+from maskrt.detections import Detections
 from maskrt.errors import MaskrtError
 from maskrt.export import export_onnx
-from maskrt.export.check import SCORE_TOL
 from maskrt.introspect import UnsupportedModelError, spec_from_module
 from maskrt.onnxio import read_spec
 from maskrt.plugins.contract import PLUGIN_NAME, MultiLevelRoIAlignFields
@@ -136,17 +135,19 @@ def _images() -> list[np.ndarray]:
     return [rng.integers(0, 256, s, dtype=np.uint8) for s in ((120, 170, 3), (200, 140, 3))]
 
 
-def _assert_same(ours: Detections, ref: Detections, k: int) -> int:
-    """validate's pairing; unpaired only at a full list's cut, tied within SCORE_TOL; paired
-    boxes and scores close, pasted masks equal but for rounding flips at edges."""
-    pairs = match_detections(ref, ours)
-    cut = min(ours.scores.min(initial=np.inf), ref.scores.min(initial=np.inf))
-    for dets, used in ((ref, {a for a, _ in pairs}), (ours, {b for _, b in pairs})):
-        lone = [j for j in range(len(dets)) if j not in used]
-        assert not lone or (len(dets) == k and (dets.scores[lone] <= cut + SCORE_TOL).all()), (
-            f"{len(lone)} of {len(dets)} detections unpaired"
-        )
-    for a, b in pairs:
+def _assert_same(ours: Detections, ref: Detections, model: Any) -> int:
+    """The export check's rule (paired at the same position; on one side only where a near-tie
+    decides), on end-to-end detections; paired boxes and scores close, pasted masks equal but
+    for rounding flips at edges."""
+    from maskrt.export.check import StageComparison, box_head_decisions
+    from maskrt.export.ties import Ranked
+
+    lists = [
+        (Ranked(ref.boxes, ref.scores, ref.labels), Ranked(ours.boxes, ours.scores, ours.labels))
+    ]
+    stage = StageComparison("detections", "label", lists, [box_head_decisions(model)])
+    stage.decide()  # raises on a difference that no near-tie explains
+    for a, b in stage.pairs[0]:
         np.testing.assert_allclose(ours.boxes[b], ref.boxes[a], atol=2e-2)
         assert abs(float(ours.scores[b]) - float(ref.scores[a])) < 1e-4
         if ref.masks is not None:
@@ -155,7 +156,7 @@ def _assert_same(ours: Detections, ref: Detections, k: int) -> int:
         if ref.keypoints is not None:
             assert ours.keypoints is not None
             np.testing.assert_allclose(ours.keypoints[b, :, :2], ref.keypoints[a, :, :2], atol=0.1)
-    return len(pairs)
+    return len(stage.pairs[0])
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -195,8 +196,7 @@ def test_onnxruntime_matches_torchvision_eager(exported) -> None:
     with torch.inference_mode():
         reference = [from_torchvision(o) for o in model([to_tensor(im) for im in images])]
     ours = load_predictor(path).predict(images)
-    k = model.roi_heads.detections_per_img
-    paired = sum(_assert_same(o, r, k) for o, r in zip(ours, reference))
+    paired = sum(_assert_same(o, r, model) for o, r in zip(ours, reference))
     assert paired >= MIN_DETECTIONS
 
 
@@ -452,37 +452,3 @@ def test_validate_and_infer_a_factory_model(
     done = CliRunner().invoke(main, ["infer", str(surgered), str(image), "-o", str(tmp_path / "i")])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "i").is_dir() and any((tmp_path / "i").iterdir())
-
-
-def test_eager_check_rules() -> None:
-    """The export check's comparison: what it forgives (a near-tie at a full list's cut, a
-    sub-pixel thin box) and what it refuses (any other lone detection, a moved box)."""
-    from maskrt.export.check import Reference, compare
-
-    def ref(boxes: list[list[float]], scores: list[float]) -> Reference:
-        b = np.asarray(boxes, np.float32)
-        return Reference(b, np.asarray(scores, np.float32), np.ones(len(scores), np.int64),
-                         None, None, np.zeros((0, 4), np.float32))  # fmt: skip
-
-    def graph(boxes: list[list[float]], scores: list[float], k: int) -> dict[str, np.ndarray]:
-        b = np.zeros((1, k, 4), np.float32)
-        s = np.zeros((1, k), np.float32)
-        b[0, : len(boxes)], s[0, : len(scores)] = boxes, scores
-        labels = np.zeros((1, k), np.int32)
-        labels[0, : len(scores)] = 1
-        n = np.asarray([len(scores)], np.int32)
-        return {"num_detections": n, "boxes": b, "scores": s, "labels": labels}
-
-    a, b, c = [0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]
-    thin = [5, 5, 5.1, 30]
-    assert compare(graph([a, b], [0.9, 0.5], 2), [ref([a, b], [0.9, 0.5])], 2)[0] == 2
-    # full list (k=2): the last places tie within SCORE_TOL, either may make the cut
-    assert compare(graph([a, b], [0.9, 0.5], 2), [ref([a, c], [0.9, 0.5004])], 2)[:2] == (1, 2)
-    # a sub-pixel thin box on one side only
-    assert compare(graph([a, thin], [0.9, 0.8], 3), [ref([a], [0.9])], 3)[:2] == (1, 1)
-    with pytest.raises(MaskrtError, match="no counterpart"):  # not full: nothing was cut
-        compare(graph([a, b], [0.9, 0.5], 3), [ref([a, c], [0.9, 0.5004])], 3)
-    with pytest.raises(MaskrtError, match="no counterpart"):  # a real, confident extra
-        compare(graph([a, b], [0.9, 0.8], 3), [ref([a], [0.9])], 3)
-    with pytest.raises(MaskrtError, match="moved"):
-        compare(graph([[0, 0, 10, 10.5]], [0.9], 3), [ref([a], [0.9])], 3)
