@@ -36,6 +36,14 @@ def plugin_library_path() -> Path | None:
     return _library.find(_library.TENSORRT)
 
 
+def plugin_autoreg_library_path() -> Path | None:
+    """Path of the self-registering TensorRT plugin library
+    (``libmaskrt_roialign_trt_autoreg.so``: linked to libnvinfer, registers its creators when
+    opened; for loaders that only dlopen, e.g. Triton's ``plugins=``, ``polygraphy --plugins``),
+    or None where the build found no libnvinfer. See plugins/multilevel_roialign/README.md."""
+    return _library.find(_library.TENSORRT_AUTOREG)
+
+
 def built_libraries() -> dict[str, str]:
     """What this build produced: ``{"cpu": ..., "cuda": ..., "tensorrt": ...}``."""
     return _library.built()
@@ -54,6 +62,7 @@ __all__ = [
     "multilevel_roi_align_cuda",
     "ort_session",
     "ort_session_options",
+    "plugin_autoreg_library_path",
     "plugin_library_path",
     "roi_align_single",
     "roi_align_single_cuda",

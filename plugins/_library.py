@@ -22,12 +22,15 @@ ENV_PLUGIN_DIR = "MASKRT_PLUGIN_DIR"
 CPU = "maskrt_roialign_cpu"
 CUDA = "maskrt_roialign_cuda"
 TENSORRT = "maskrt_roialign_trt"
+TENSORRT_AUTOREG = "maskrt_roialign_trt_autoreg"
 
 _BUILD_HINT = {
     CPU: "reinstall maskrt (`pip install .` builds it with any C++17 compiler)",
     CUDA: "install the CUDA toolkit (nvcc) and reinstall maskrt",
     TENSORRT: "install TensorRT and the CUDA toolkit, then reinstall maskrt with "
     "-Ccmake.define.TensorRT_ROOT=/path/to/TensorRT",
+    TENSORRT_AUTOREG: "reinstall maskrt on a machine with TensorRT (libnvinfer) and the CUDA "
+    "toolkit, with -Ccmake.define.TensorRT_ROOT=/path/to/TensorRT",
 }
 
 
@@ -121,6 +124,10 @@ def _declare(lib: ctypes.CDLL, name: str) -> None:
         ]  # fmt: skip
         lib.maskrt_roialign_cuda_single.restype = _i
         lib.maskrt_roialign_cuda_single.argtypes = [
+            _i, _p, _i, _i, _i, _i, _p, _p, _i, _i, _p, _i, _i, _i, _f, _i, _p,
+        ]  # fmt: skip
+        lib.maskrt_roialign_cuda_single_half_rois.restype = _i
+        lib.maskrt_roialign_cuda_single_half_rois.argtypes = [
             _i, _p, _i, _i, _i, _i, _p, _p, _i, _i, _p, _i, _i, _i, _f, _i, _p,
         ]  # fmt: skip
         lib.maskrt_roialign_cuda_half_to_float.restype = _i

@@ -17,26 +17,42 @@ from maskrt.plugins import PLUGIN_NAME, SINGLE_PLUGIN_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "plugins" / "multilevel_roialign"
-TRT_INCLUDE = Path(os.environ.get("MASKRT_TRT_INCLUDE", "/work/trt-include/include"))
+# TensorRT's include/ folder (e.g. NVIDIA/TensorRT's include/ at a release tag); unset: the tests
+# that compile against TensorRT skip, saying so.
+_TRT_INCLUDE_ENV = os.environ.get("MASKRT_TRT_INCLUDE", "")
+TRT_INCLUDE: Path | None = Path(_TRT_INCLUDE_ENV) if _TRT_INCLUDE_ENV else None
 CMAKE = shutil.which("cmake") or "cmake"
 NVCC = shutil.which("nvcc") or "nvcc"
 HAS_CMAKE = shutil.which("cmake") is not None
 HAS_NVCC = shutil.which("nvcc") is not None
 
 
+def _trt_headers_skip() -> str | None:
+    """Why the TensorRT plugin cannot be built here, or None."""
+    if not HAS_CMAKE:
+        return "cmake not found"
+    if not HAS_NVCC:
+        return "nvcc not found (the TensorRT plugin needs CUDA)"
+    if TRT_INCLUDE is None:
+        return "MASKRT_TRT_INCLUDE is not set (point it at a TensorRT include/ folder)"
+    if not (TRT_INCLUDE / "NvInfer.h").is_file():
+        return f"no NvInfer.h in MASKRT_TRT_INCLUDE={TRT_INCLUDE}"
+    return None
+
+
+_TRT_HEADERS_SKIP = _trt_headers_skip()
+needs_trt_headers = pytest.mark.skipif(_TRT_HEADERS_SKIP is not None, reason=str(_TRT_HEADERS_SKIP))
+
+
 def needs_tensorrt_build(test: Callable[..., None]) -> Callable[..., None]:
     """Skip (with the reason) where the TensorRT plugin cannot be built: no cmake, no nvcc, or
     no TensorRT headers."""
-    for mark in (
-        pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found"),
-        pytest.mark.skipif(not HAS_NVCC, reason="nvcc not found (the TensorRT plugin needs CUDA)"),
-        pytest.mark.skipif(
-            not (TRT_INCLUDE / "NvInfer.h").is_file(),
-            reason=f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)",
-        ),
-    ):
-        test = mark(test)
-    return test
+    return needs_trt_headers(test)
+
+
+def _trt_include() -> Path:
+    assert TRT_INCLUDE is not None  # the tests that call this skip without it
+    return TRT_INCLUDE
 
 
 def _configure_and_build(build: Path, target: str, *defines: str) -> str:
@@ -71,7 +87,7 @@ def test_tensorrt_plugin_builds(tmp_path: Path) -> None:
     log = _configure_and_build(
         tmp_path,
         "maskrt_roialign_trt",
-        f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}",
+        f"-DTensorRT_INCLUDE_DIR={_trt_include()}",
         "-DCMAKE_CUDA_ARCHITECTURES=75",
     )
     assert "maskrt: TensorRT plugin: " in log
@@ -103,7 +119,7 @@ def test_plugin_finds_tensorrt_in_a_jetpack_layout(tmp_path: Path) -> None:
     Orin's sm_87 against it. Compile-only: nothing here is aarch64 code or a TensorRT run."""
     sysroot = tmp_path / "jetson"
     include = sysroot / "usr" / "include" / "aarch64-linux-gnu"
-    shutil.copytree(TRT_INCLUDE, include)
+    shutil.copytree(_trt_include(), include)
     (sysroot / "usr" / "lib" / "aarch64-linux-gnu").mkdir(parents=True)
     log = _configure_and_build(
         tmp_path / "build",
@@ -221,12 +237,8 @@ def test_cuda_kernel_compiles_with_nvcc(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HAS_CMAKE, reason="cmake not found")
 def test_cpu_only_configuration_builds(tmp_path: Path) -> None:
     """No CUDA (and hence no TensorRT plugin): configuring still succeeds, with STATUS lines."""
-    log = _configure_and_build(
-        tmp_path,
-        "maskrt_roialign_cpu",
-        "-DMASKRT_WITH_CUDA=OFF",
-        f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}",
-    )
+    headers = [f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}"] if TRT_INCLUDE is not None else []
+    log = _configure_and_build(tmp_path, "maskrt_roialign_cpu", "-DMASKRT_WITH_CUDA=OFF", *headers)
     assert "CUDA RoIAlign kernels: disabled" in log
     assert "TensorRT plugin: skipped" in log or "NvInfer.h not found" in log
     assert (tmp_path / "plugins" / "libmaskrt_roialign_cpu.so").is_file()
@@ -234,16 +246,19 @@ def test_cpu_only_configuration_builds(tmp_path: Path) -> None:
 
 _ROUTE = """
 import ctypes, os, sys
-standin = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)  # "libnvinfer" is in the process
+standin_path, route, plugin = sys.argv[1:4]
+if route == "preload":  # the self-registering library first (LD_PRELOAD): it brings libnvinfer
+    ctypes.CDLL(plugin)
+standin = ctypes.CDLL(standin_path, mode=ctypes.RTLD_GLOBAL)  # "libnvinfer" is in the process
 standin.standin_load_library.restype = ctypes.c_void_p
 standin.standin_load_library.argtypes = [ctypes.c_char_p]
-route, plugin = sys.argv[2], sys.argv[3]
-if route == "dlopen":  # ctypes.CDLL, polygraphy --plugins, trtexec --staticPlugins
+handle = None
+if route == "dlopen":  # ctypes.CDLL, polygraphy --plugins, Triton plugins=, --staticPlugins
     ctypes.CDLL(plugin)
-    handle = None
-else:  # IPluginRegistry::loadLibrary (registry.load_library, trtexec --dynamicPlugins)
+elif route == "loadLibrary":  # IPluginRegistry::loadLibrary (load_library, --dynamicPlugins)
     handle = standin.standin_load_library(plugin.encode())
-print(standin.standin_registered(), standin.standin_duplicate_attempts(), bool(handle))
+print(standin.standin_registered(), standin.standin_duplicate_attempts(), standin.standin_calls(),
+      standin.standin_reentries(), bool(handle))
 if handle:  # deregisterLibrary removes what loadLibrary registered: here, both creators
     standin.standin_deregister_library.argtypes = [ctypes.c_void_p]
     standin.standin_deregister_library(handle)
@@ -251,26 +266,17 @@ if handle:  # deregisterLibrary removes what loadLibrary registered: here, both 
 """
 
 
-_TRT_HEADERS_SKIP = (
-    "cmake not found" if not HAS_CMAKE
-    else "nvcc not found (the TensorRT plugin needs CUDA)" if not HAS_NVCC
-    else None if (TRT_INCLUDE / "NvInfer.h").is_file()
-    else f"no TensorRT headers at {TRT_INCLUDE} (set MASKRT_TRT_INCLUDE)"
-)  # fmt: skip
-needs_trt_headers = pytest.mark.skipif(_TRT_HEADERS_SKIP is not None, reason=str(_TRT_HEADERS_SKIP))
-
-
 @pytest.fixture(scope="module")
 def native_test_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin library and the test-only targets of tests/native, built once."""
     build = tmp_path_factory.mktemp("native-tests")
     _configure_and_build(
-        build, "maskrt_roialign_trt", f"-DTensorRT_INCLUDE_DIR={TRT_INCLUDE}",
+        build, "maskrt_roialign_trt", f"-DTensorRT_INCLUDE_DIR={_trt_include()}",
         "-DCMAKE_CUDA_ARCHITECTURES=75", "-DMASKRT_BUILD_TESTS=ON",
     )  # fmt: skip
     built = subprocess.run(
         [CMAKE, "--build", str(build), "--target", "maskrt_standin_nvinfer",
-         "maskrt_plugin_interface_test", "-j", "2"],
+         "maskrt_plugin_interface_test", "maskrt_roialign_trt_autoreg_standin", "-j", "2"],
         capture_output=True,
         text=True,
     )  # fmt: skip
@@ -293,37 +299,124 @@ def test_plugin_methods_through_tensorrt_header_interfaces(native_test_build: Pa
     assert "checks passed" in run.stdout and "FAIL" not in run.stdout
 
 
+_MAJOR_LINE = (
+    "maskrt RoIAlign plugin: built for TensorRT {} but the loaded libnvinfer is TensorRT {}"
+)
+
+
+def _other_major(major: int) -> int:
+    return 11 if major == 10 else 10
+
+
 @pytest.mark.slow
 @needs_trt_headers
 @pytest.mark.parametrize(
-    ("route", "env", "expected"),
+    ("library", "route", "expected"),
     [
-        # registered while being opened
-        ("dlopen", {}, ["2 0 False"]),
-        # taken back by getCreators and registered once by the loader, which then owns them
-        ("loadLibrary", {}, ["2 0 True", "0"]),
-        ("dlopen", {"MASKRT_TRT_NO_AUTOREGISTER": "1"}, ["0 0 False"]),
-        ("loadLibrary", {"MASKRT_TRT_NO_AUTOREGISTER": "1"}, ["2 0 True", "0"]),
+        # registered once, by the loader, with no registry call from the library (loadLibrary
+        # may hold the registry's lock); the loader then owns the creators
+        ("trt", "loadLibrary", ["2 0 0 0 True", "0"]),
+        # the loadLibrary library does nothing by itself: dlopen-only loaders need the other one
+        ("trt", "dlopen", ["0 0 0 0 False"]),
+        # the self-registering library: after libnvinfer, or first (it links libnvinfer)
+        ("autoreg", "dlopen", ["2 0 2 0 False"]),
+        ("autoreg", "preload", ["2 0 2 0 False"]),
     ],
 )
 def test_registration_routes_through_a_standin_libnvinfer(
-    native_test_build: Path, route: str, env: dict[str, str], expected: list[str]
+    native_test_build: Path, library: str, route: str, expected: list[str]
 ) -> None:
-    """Each way of loading registers both creators exactly once (no duplicate registration
-    attempted, and the loader's handle is valid). Not a TensorRT run: libnvinfer is a stand-in
-    written here (tests/native/standin_nvinfer.cpp) that implements TensorRT's IPluginRegistry
-    header interface and its documented loadLibrary; the plugin library is the real one."""
-    build = native_test_build
+    """Each library, opened the way its loaders open it, registers both creators exactly once:
+    no duplicate registration attempted, no registry call inside loadLibrary (re-entry), a
+    valid loader handle. Not a TensorRT run: libnvinfer is a stand-in written here
+    (tests/native/standin_nvinfer.cpp) that implements TensorRT's IPluginRegistry header
+    interface and its documented loadLibrary; the plugin libraries are the real ones (the
+    self-registering one linked to the stand-in, as it would be to libnvinfer)."""
+    out, err = _run_route(native_test_build, library, route, {})
+    # registered creators, duplicate registrations attempted, registry calls by the plugin, of
+    # those inside loadLibrary, loader handle valid; after deregisterLibrary: registered creators
+    assert out == expected, (out, err)
+    assert "maskrt RoIAlign plugin" not in err, err
+
+
+@pytest.mark.slow
+@needs_trt_headers
+@pytest.mark.parametrize(
+    ("library", "route"), [("trt", "loadLibrary"), ("autoreg", "dlopen"), ("autoreg", "preload")]
+)
+def test_a_libnvinfer_of_another_major_gets_no_registry_call(
+    native_test_build: Path, library: str, route: str
+) -> None:
+    """IPluginRegistry's V3 methods sit at other vtable slots in TensorRT 10 and 11: a library
+    built for one major, loaded beside the other's libnvinfer (the stand-in reporting the other
+    major from getInferLibMajorVersion), makes no registry call, registers nothing and says so in
+    one line. Not a TensorRT run (see the test above)."""
+    built = int(_header_major(_trt_include()))
+    other = _other_major(built)
+    out, err = _run_route(native_test_build, library, route, {"STANDIN_NVINFER_MAJOR": str(other)})
+    assert out[0].split()[:4] == ["0", "0", "0", "0"], (out, err)
+    lines = [x for x in err.splitlines() if "maskrt RoIAlign plugin" in x]
+    assert len(lines) == 1 and _MAJOR_LINE.format(built, other) in lines[0], err
+
+
+def _header_major(include: Path) -> str:
+    text = (include / "NvInferVersion.h").read_text()
+    for name in ("TRT_MAJOR_ENTERPRISE", "NV_TENSORRT_MAJOR"):
+        for line in text.splitlines():
+            parts = line.split()
+            if parts[:2] == ["#define", name] and len(parts) > 2 and parts[2].isdigit():
+                return parts[2]
+    raise AssertionError(f"no TensorRT major in {include}/NvInferVersion.h")
+
+
+def _run_route(build: Path, library: str, route: str, env: dict[str, str]) -> tuple[list[str], str]:
     (standin,) = (build / "standin").glob("libnvinfer.so.*")
-    plugin = build / "plugins" / "libmaskrt_roialign_trt.so"
+    plugin = (
+        build / "plugins" / "libmaskrt_roialign_trt.so"
+        if library == "trt"
+        else build / "standin" / "libmaskrt_roialign_trt_autoreg.so"
+    )
     child = subprocess.run(
         [sys.executable, "-c", _ROUTE, str(standin), route, str(plugin)],
         capture_output=True,
         text=True,
-        env={**os.environ, "MASKRT_TRT_NO_AUTOREGISTER": "", **env},
+        env={**os.environ, "STANDIN_NVINFER_MAJOR": "", **env},
         timeout=60,
     )
     assert child.returncode == 0, child.stderr
-    # registered creators, duplicate registrations attempted, loader handle valid; after
-    # deregisterLibrary: registered creators
-    assert child.stdout.splitlines() == expected, child.stdout + child.stderr
+    return child.stdout.splitlines(), child.stderr
+
+
+@pytest.mark.slow
+@needs_trt_headers
+def test_runtime_refuses_a_plugin_library_of_another_major(
+    native_test_build: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """maskrt's runtime reads the major the real library was built for and refuses another
+    TensorRT before any registry call. `tensorrt` is a stand-in module carrying only a version
+    and a registry getter that fails the test if reached (no TensorRT here)."""
+    import types
+
+    from maskrt.errors import MaskrtError
+    from maskrt.runtime.trt import common
+
+    built = int(_header_major(_trt_include()))
+    lib = native_test_build / "plugins" / "libmaskrt_roialign_trt.so"
+    assert common.plugin_library_major(lib) == built
+    other = _other_major(built)
+
+    def unreachable() -> None:
+        raise AssertionError("the registry was reached")
+
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = f"{other}.1.0"  # type: ignore[attr-defined]
+    fake.Builder = object  # type: ignore[attr-defined]
+    fake.get_plugin_registry = unreachable  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setenv("MASKRT_PLUGIN_DIR", str(lib.parent))
+    common._loaded.clear()
+    with pytest.raises(MaskrtError) as refused:
+        common.load_plugins()
+    message = str(refused.value)
+    assert f"built for TensorRT {built} but this process runs TensorRT {other}.1.0" in message
+    assert "\n" not in message and "README" in message

@@ -29,6 +29,10 @@ from maskrt.plugins import (
     roi_align_single,
 )
 
+# Box kinds of _roialign_cases that may span more than their feature map: with adaptive sampling
+# they sample a grid capped at floor(map / P) + 2 per bin side, not torchvision's ceil(roi / P).
+BEYOND_THE_MAP = ("huge", "boundary")
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -39,9 +43,12 @@ def multilevel_cases(draw: st.DrawFn) -> dict:
     aligned = draw(st.booleans())
     sampling_ratio = draw(st.sampled_from([-1, 0, 1, 2, 3]))
     kinds: tuple[str, ...] = BOX_KINDS
+    if sampling_ratio <= 0:
+        # boxes larger than their feature map sample a capped grid by contract (tested below)
+        kinds = tuple(k for k in kinds if k not in BEYOND_THE_MAP)
     if aligned and sampling_ratio <= 0:
         # torchvision's CPU kernel cannot size its sample table for these (see the test below)
-        kinds = tuple(k for k in BOX_KINDS if k != "negative")
+        kinds = tuple(k for k in kinds if k != "negative")
     return {
         "seed": draw(st.integers(0, 2**32 - 1)),
         "batch": draw(st.integers(1, 3)),
@@ -224,7 +231,9 @@ def test_single_matches_onnx_reference(
 ) -> None:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 2, 10, 12)).astype(np.float32)
-    rois = make_boxes(rng, num_rois, (12, 14), kind if kind != "huge" else "normal")
+    if kind == "huge" or (kind in BEYOND_THE_MAP and sampling_ratio == 0):
+        kind = "normal"  # the capped grid: see test_boxes_beyond_the_map_sample_the_capped_grid
+    rois = make_boxes(rng, num_rois, (12, 14), kind)
     idx = rng.integers(0, batch, num_rois).astype(np.int64)
     attrs = {
         "output_height": out_hw[0],
@@ -317,6 +326,112 @@ def test_adaptive_sampling_past_the_tap_cache_gives_the_same_values(side: int) -
     with_index = torch.from_numpy(np.concatenate([np.zeros((1, 1), np.float32), rois], axis=1))
     ref = roi_align(torch.from_numpy(x), with_index, (7, 7), 1.0, 0, aligned=False).numpy()
     np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_TOL)
+
+
+def _torchvision_single(
+    x: np.ndarray, rois: np.ndarray, out: int, scale: float, sampling_ratio: int, aligned: bool
+) -> np.ndarray:
+    """torchvision's roi_align of every box on image 0."""
+    with_index = np.concatenate([np.zeros((len(rois), 1), np.float32), rois], axis=1)
+    return roi_align(
+        torch.from_numpy(x), torch.from_numpy(with_index), (out, out), scale, sampling_ratio,
+        aligned=aligned,
+    ).numpy()  # fmt: skip
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize(("side", "out"), [(28, 7), (30, 7), (13, 1), (50, 14)])
+def test_the_grid_cap_changes_nothing_for_boxes_inside_the_map(
+    aligned: bool, side: int, out: int
+) -> None:
+    """Adaptive sampling (sampling_ratio 0) of every box inside the feature map, the whole map
+    included (its grid ceil(side / P) is the largest such a box asks for), equals torchvision's
+    roi_align exactly: the cap floor(side / P) + 2 is never reached there."""
+    rng = np.random.default_rng(side)
+    x = rng.standard_normal((1, 3, side, side + 3)).astype(np.float32)
+    h, w = float(side), float(side + 3)
+    corners = rng.uniform(0, 1, (200, 4)) * [w, h, w, h]
+    boxes = np.concatenate(
+        [
+            [[0.0, 0.0, w, h], [0.0, 0.0, w, 1.0], [0.5, 0.25, w, h]],
+            np.stack(
+                [
+                    np.minimum(corners[:, 0], corners[:, 2]),
+                    np.minimum(corners[:, 1], corners[:, 3]),
+                    np.maximum(corners[:, 0], corners[:, 2]),
+                    np.maximum(corners[:, 1], corners[:, 3]),
+                ],
+                axis=1,
+            ),
+        ]
+    ).astype(np.float32)
+    fields = SingleRoIAlignFields(out, out, 0, 1.0, int(aligned))
+    ours = roi_align_single(x, boxes, np.zeros(len(boxes), np.int64), fields)
+    ref = _torchvision_single(x, boxes, out, 1.0, 0, aligned)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_boxes_beyond_the_map_sample_the_capped_grid() -> None:
+    """A box far larger than its (square) map samples floor(H / P) + 2 points per bin side:
+    torchvision's roi_align with that fixed sampling_ratio is the oracle. Both the single-level
+    and the multi-level entry point (one level: no level mapping)."""
+    side, out = 40, 7
+    cap = side // out + 2
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, side, side)).astype(np.float32)
+    boxes = np.array(
+        [[-300.0, -300.0, 900.0, 900.0], [0.0, 0.0, 1e7, 1e7], [-5e6, -5e6, 5e6, 5e6]], np.float32
+    )
+    ref = _torchvision_single(x, boxes, out, 1.0, cap, False)
+    ours = roi_align_single(
+        x, boxes, np.zeros(len(boxes), np.int64), SingleRoIAlignFields(out, out, 0, 1.0, 0)
+    )
+    np.testing.assert_array_equal(ours, ref)
+    multi = multilevel_roi_align([x], boxes[None], MultiLevelRoIAlignFields(out, 0, 0, (1.0,)))
+    np.testing.assert_array_equal(multi[0], ref)
+
+
+_NON_FINITE = """
+import numpy as np
+from maskrt.plugins import (MultiLevelRoIAlignFields, SingleRoIAlignFields,
+                            multilevel_roi_align, roi_align_single)
+nan, inf = float("nan"), float("inf")
+boxes = np.array([
+    [nan, 0, 10, 10], [0, 0, nan, nan], [nan, nan, nan, nan],
+    [0, 0, inf, inf], [-inf, -inf, inf, inf], [0, 0, inf, 10], [inf, inf, inf, inf],
+    [-inf, 0, 10, 10], [1e30, 1e30, 1e30, 1e30], [0, 0, 1e30, 1e30], [-1e30, -1e30, 1e30, 1e30],
+    [1e30, 0, -1e30, 10], [0, 0, 3.4e38, 3.4e38],
+], np.float32)
+rng = np.random.default_rng(0)
+feats = [rng.standard_normal((1, 4, 200 >> k, 336 >> k)).astype(np.float32) for k in range(4)]
+for sampling_ratio in (0, 2):
+    for aligned in (0, 1):
+        f = MultiLevelRoIAlignFields(7, sampling_ratio, aligned, (0.25, 0.125, 0.0625, 0.03125))
+        multi = multilevel_roi_align(feats, boxes[None], f)
+        single = roi_align_single(feats[0], boxes, np.zeros(len(boxes), np.int64),
+                                  SingleRoIAlignFields(7, 7, sampling_ratio, 0.25, aligned))
+        for out in (multi[0], single):
+            print(int(np.isfinite(out).all()), float(np.abs(out).max()))
+"""
+
+
+def test_nan_inf_and_1e30_boxes_pool_zeros_in_bounded_time(tmp_path: Path) -> None:
+    """NaN, +-inf and 1e30 boxes (what an uninitialised RoI buffer holds in TensorRT's timing
+    runs) through the CPU twin, which shares roialign_math.h with the CUDA kernel: every
+    combination returns, in seconds, finite values; every such box pools zeros (NaN boxes get
+    no level or an empty grid; the others' samples land outside the map or on NaN coordinates).
+    Uncapped, [0, 0, 1e30, 1e30] asks for ceil(2.5e29 / 7) samples per bin side and
+    float -> int conversions of NaN and 1e30 are undefined."""
+    child = subprocess.run(
+        [sys.executable, "-c", _NON_FINITE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert child.returncode == 0, child.stderr
+    lines = child.stdout.split("\n")[:-1]
+    assert lines == ["1 0.0"] * 8, child.stdout
 
 
 _OUT_OF_MEMORY = """

@@ -83,6 +83,13 @@ MASKRT_API int maskrt_roialign_cuda_single(int dtype, void const* x, int batch, 
     int num_rois, void* output, int output_height, int output_width, int sampling_ratio,
     float spatial_scale, int aligned, void* stream);
 
+/* The same with IEEE binary16 RoIs [num_rois, 4] (FP16 graphs), read and widened to float32 in
+ * the kernel: what the TensorRT plugin calls for FP16 RoIs (it needs no workspace). */
+MASKRT_API int maskrt_roialign_cuda_single_half_rois(int dtype, void const* x, int batch,
+    int channels, int height, int width, void const* rois, void const* batch_indices,
+    int batch_indices_int64, int num_rois, void* output, int output_height, int output_width,
+    int sampling_ratio, float spatial_scale, int aligned, void* stream);
+
 /* dst[i] = (float)src[i] for n IEEE binary16 values (device pointers): FP16 RoIs become the
  * float32 RoIs the launchers take. One launch on `stream`; asynchronous. */
 MASKRT_API int maskrt_roialign_cuda_half_to_float(void const* src, float* dst, long long n,

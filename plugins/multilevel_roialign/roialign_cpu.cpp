@@ -80,7 +80,9 @@ void pool_roi(T const* image, int channels, int height, int width, RoiSampling c
     int const gh = std::max(s.grid_h, 0);
     int const gw = std::max(s.grid_w, 0);
     int64_t const plane_size = static_cast<int64_t>(height) * width;
-    if (static_cast<int64_t>(pooled_h) * pooled_w * gh * gw > kMaxCachedTaps) {
+    // in double: pooled sizes and a fixed sampling_ratio are caller's ints, their product may
+    // not fit 64 bits
+    if (static_cast<double>(pooled_h) * pooled_w * gh * gw > static_cast<double>(kMaxCachedTaps)) {
         for (int c = 0; c < channels; ++c) {
             T const* src = image + c * plane_size;
             T* dst = out + static_cast<int64_t>(c) * pooled_h * pooled_w;
@@ -105,14 +107,14 @@ void pool_roi(T const* image, int channels, int height, int width, RoiSampling c
             }
         }
     }
-    int const per_bin = gh * gw;
+    int64_t const per_bin = static_cast<int64_t>(gh) * gw;
     for (int c = 0; c < channels; ++c) {
         T const* src = image + c * plane_size;
         T* dst = out + static_cast<int64_t>(c) * pooled_h * pooled_w;
         BilinearTaps const* t = taps.data();
         for (int bin = 0; bin < pooled_h * pooled_w; ++bin) {
             float acc = 0.0f;
-            for (int k = 0; k < per_bin; ++k, ++t) {
+            for (int64_t k = 0; k < per_bin; ++k, ++t) {
                 acc += maskrt::roialign::apply_taps(src, *t);
             }
             store(dst, bin, acc / s.count);
@@ -148,7 +150,8 @@ int multilevel(int num_levels, void const* const* features, int const* heights, 
                 continue;
             }
             RoiSampling const s = maskrt::roialign::roi_sampling(box[0], box[1], box[2], box[3],
-                scales[lvl], output_size, output_size, sampling_ratio, aligned != 0);
+                scales[lvl], output_size, output_size, sampling_ratio, aligned != 0,
+                heights[lvl], widths[lvl]);
             int64_t const plane = static_cast<int64_t>(heights[lvl]) * widths[lvl];
             T const* image = static_cast<T const*>(features[lvl]) + img * channels * plane;
             pool_roi(image, channels, heights[lvl], widths[lvl], s, output_size, output_size,
@@ -172,7 +175,8 @@ int single(void const* x, int batch, int channels, int height, int width, float 
         for (int64_t r = b; r < e; ++r) {
             float const* box = rois + 4 * r;
             RoiSampling const s = maskrt::roialign::roi_sampling(box[0], box[1], box[2], box[3],
-                spatial_scale, output_height, output_width, sampling_ratio, aligned != 0);
+                spatial_scale, output_height, output_width, sampling_ratio, aligned != 0, height,
+                width);
             T const* image = static_cast<T const*>(x) + batch_indices[r] * channels * plane;
             pool_roi(image, channels, height, width, s, output_height, output_width,
                      out + r * per_roi, taps);

@@ -62,7 +62,8 @@ __global__ void __launch_bounds__(kThreads) multilevel_kernel(Levels levels, flo
         s_level = lvl;
         if (lvl >= 0 && lvl < levels.count) {
             s_geom = maskrt::roialign::roi_sampling(box[0], box[1], box[2], box[3],
-                levels.scale[lvl], output_size, output_size, sampling_ratio, aligned != 0);
+                levels.scale[lvl], output_size, output_size, sampling_ratio, aligned != 0,
+                levels.height[lvl], levels.width[lvl]);
         }
     }
     __syncthreads();
@@ -82,9 +83,11 @@ __global__ void __launch_bounds__(kThreads) multilevel_kernel(Levels levels, flo
     pool_roi(image, channels, h, w, s, output_size, output_size, out);
 }
 
-template <typename T, typename I>
+//! R: float or __half RoIs. FP16 RoIs (FP16 graphs of other exporters) are read and widened here,
+//! so the plugin needs no workspace for them.
+template <typename T, typename R, typename I>
 __global__ void __launch_bounds__(kThreads) single_kernel(T const* x, int batch, int channels,
-    int height, int width, float const* rois, I const* batch_indices, int output_height,
+    int height, int width, R const* rois, I const* batch_indices, int output_height,
     int output_width, int sampling_ratio, float spatial_scale, int aligned, T* output) {
     long long const r = blockIdx.x;
     long long const per_roi = static_cast<long long>(channels) * output_height * output_width;
@@ -94,9 +97,11 @@ __global__ void __launch_bounds__(kThreads) single_kernel(T const* x, int batch,
         for (int i = threadIdx.x; i < per_roi; i += blockDim.x) store(out, i, 0.0f);
         return;
     }
-    float const* box = rois + 4 * r;
-    RoiSampling const s = maskrt::roialign::roi_sampling(box[0], box[1], box[2], box[3],
-        spatial_scale, output_height, output_width, sampling_ratio, aligned != 0);
+    R const* box = rois + 4 * r;
+    using maskrt::roialign::to_float;
+    RoiSampling const s = maskrt::roialign::roi_sampling(to_float(box[0]), to_float(box[1]),
+        to_float(box[2]), to_float(box[3]), spatial_scale, output_height, output_width,
+        sampling_ratio, aligned != 0, height, width);
     T const* image = x + b * channels * static_cast<long long>(height) * width;
     pool_roi(image, channels, height, width, s, output_height, output_width, out);
 }
@@ -152,8 +157,13 @@ MASKRT_API int maskrt_roialign_cuda_multilevel(int dtype, int num_levels,
     return launch_status();
 }
 
-MASKRT_API int maskrt_roialign_cuda_single(int dtype, void const* x, int batch, int channels,
-    int height, int width, float const* rois, void const* batch_indices, int batch_indices_int64,
+}  // extern "C"
+
+namespace {
+
+//! The single-level launch for float (rois_half = 0) or IEEE binary16 (1) RoIs.
+int launch_single(int dtype, void const* x, int batch, int channels, int height, int width,
+    void const* rois, int rois_half, void const* batch_indices, int batch_indices_int64,
     int num_rois, void* output, int output_height, int output_width, int sampling_ratio,
     float spatial_scale, int aligned, void* stream) {
     if (batch < 0 || num_rois < 0 || channels < 1 || height < 1 || width < 1 ||
@@ -163,21 +173,52 @@ MASKRT_API int maskrt_roialign_cuda_single(int dtype, void const* x, int batch, 
     if (num_rois == 0) return MASKRT_ROIALIGN_OK;
     cudaStream_t const st = static_cast<cudaStream_t>(stream);
     unsigned const blocks = static_cast<unsigned>(num_rois);
-#define MASKRT_LAUNCH_SINGLE(T, I)                                                              \
-    single_kernel<T, I><<<blocks, kThreads, 0, st>>>(static_cast<T const*>(x), batch, channels, \
-        height, width, rois, static_cast<I const*>(batch_indices), output_height, output_width,  \
-        sampling_ratio, spatial_scale, aligned, static_cast<T*>(output))
-    if (dtype == 0 && batch_indices_int64) {
-        MASKRT_LAUNCH_SINGLE(float, long long);
+#define MASKRT_LAUNCH_SINGLE(T, R, I)                                                              \
+    single_kernel<T, R, I><<<blocks, kThreads, 0, st>>>(static_cast<T const*>(x), batch, channels, \
+        height, width, static_cast<R const*>(rois), static_cast<I const*>(batch_indices),          \
+        output_height, output_width, sampling_ratio, spatial_scale, aligned, static_cast<T*>(output))
+#define MASKRT_LAUNCH_SINGLE_I(T, R)               \
+    do {                                           \
+        if (batch_indices_int64) {                 \
+            MASKRT_LAUNCH_SINGLE(T, R, long long); \
+        } else {                                   \
+            MASKRT_LAUNCH_SINGLE(T, R, int);       \
+        }                                          \
+    } while (0)
+    if (dtype == 0 && !rois_half) {
+        MASKRT_LAUNCH_SINGLE_I(float, float);
     } else if (dtype == 0) {
-        MASKRT_LAUNCH_SINGLE(float, int);
-    } else if (batch_indices_int64) {
-        MASKRT_LAUNCH_SINGLE(__half, long long);
+        MASKRT_LAUNCH_SINGLE_I(float, __half);
+    } else if (!rois_half) {
+        MASKRT_LAUNCH_SINGLE_I(__half, float);
     } else {
-        MASKRT_LAUNCH_SINGLE(__half, int);
+        MASKRT_LAUNCH_SINGLE_I(__half, __half);
     }
+#undef MASKRT_LAUNCH_SINGLE_I
 #undef MASKRT_LAUNCH_SINGLE
     return launch_status();
+}
+
+}  // namespace
+
+extern "C" {
+
+MASKRT_API int maskrt_roialign_cuda_single(int dtype, void const* x, int batch, int channels,
+    int height, int width, float const* rois, void const* batch_indices, int batch_indices_int64,
+    int num_rois, void* output, int output_height, int output_width, int sampling_ratio,
+    float spatial_scale, int aligned, void* stream) {
+    return launch_single(dtype, x, batch, channels, height, width, rois, 0, batch_indices,
+        batch_indices_int64, num_rois, output, output_height, output_width, sampling_ratio,
+        spatial_scale, aligned, stream);
+}
+
+MASKRT_API int maskrt_roialign_cuda_single_half_rois(int dtype, void const* x, int batch,
+    int channels, int height, int width, void const* rois, void const* batch_indices,
+    int batch_indices_int64, int num_rois, void* output, int output_height, int output_width,
+    int sampling_ratio, float spatial_scale, int aligned, void* stream) {
+    return launch_single(dtype, x, batch, channels, height, width, rois, 1, batch_indices,
+        batch_indices_int64, num_rois, output, output_height, output_width, sampling_ratio,
+        spatial_scale, aligned, stream);
 }
 
 MASKRT_API int maskrt_roialign_cuda_half_to_float(void const* src, float* dst, long long n,

@@ -147,13 +147,36 @@ struct RoiSampling {
     float start_w;  //!< left of the RoI in feature-map pixels
     float bin_h;    //!< height of one output bin
     float bin_w;    //!< width of one output bin
-    int grid_h;     //!< sample rows per bin (may be <= 0: the bin is empty and pools zero)
+    int grid_h;     //!< sample rows per bin (0: the bin is empty and pools zero)
     int grid_w;     //!< sample columns per bin
     float count;    //!< divisor of the bin sum: max(grid_h * grid_w, 1)
 };
 
+//! Most adaptive sample rows (or columns) per bin on a map `extent` pixels high (or wide):
+//! floor(extent / pooled) + 2 >= ceil(extent / pooled) + 1. A box inside the map spans at most
+//! `extent` pixels (plus a float rounding of the aligned -0.5 shift), so torchvision's
+//! ceil(roi / pooled) never exceeds this for it: the cap changes nothing there. It bounds the
+//! work of huge, infinite or garbage boxes (TensorRT's timing runs feed uninitialised RoIs).
+MASKRT_HD int max_adaptive_grid(int extent, int pooled) {
+    int64_t const cap = static_cast<int64_t>(extent > 0 ? extent : 0) / (pooled > 0 ? pooled : 1) + 2;
+    return cap < (int64_t{1} << 30) ? static_cast<int>(cap) : (1 << 30);
+}
+
+//! torchvision's adaptive grid ceil(roi / pooled), made total: NaN and sizes <= 0 give 0 (an
+//! empty bin that pools zero, what torchvision's loops do for a size <= 0), and the result is at
+//! most `cap`, so +-inf and 1e30 never reach a float -> int conversion out of range.
+MASKRT_HD int adaptive_grid(float roi, int pooled, int cap) {
+    float const g = ceilf(roi / static_cast<float>(pooled));
+    if (!(g > 0.0f)) return 0;
+    return g < static_cast<float>(cap) ? static_cast<int>(g) : cap;
+}
+
+//! Geometry of box (x1, y1, x2, y2) on a height x width map. Adaptive sampling (sampling_ratio
+//! <= 0) is torchvision's grid, capped by max_adaptive_grid: identical for every box inside the
+//! map, bounded work for any other (NaN boxes pool zero; see the plugin README's contract).
 MASKRT_HD RoiSampling roi_sampling(float x1, float y1, float x2, float y2, float spatial_scale,
-                                   int pooled_h, int pooled_w, int sampling_ratio, bool aligned) {
+                                   int pooled_h, int pooled_w, int sampling_ratio, bool aligned,
+                                   int height, int width) {
     float const offset = aligned ? 0.5f : 0.0f;
     RoiSampling s;
     s.start_w = x1 * spatial_scale - offset;
@@ -163,18 +186,22 @@ MASKRT_HD RoiSampling roi_sampling(float x1, float y1, float x2, float y2, float
     float roi_w = end_w - s.start_w;
     float roi_h = end_h - s.start_h;
     if (!aligned) {
-        // legacy (non-aligned) RoIAlign forces malformed RoIs to be at least 1x1
-        roi_w = fmaxf(roi_w, 1.0f);
-        roi_h = fmaxf(roi_h, 1.0f);
+        // legacy (non-aligned) RoIAlign forces malformed RoIs to be at least 1x1; written as
+        // torchvision's std::max(roi, 1), which keeps a NaN size NaN (fmaxf would make it 1 and
+        // pool a 1x1 box at a NaN box's corner)
+        if (roi_w < 1.0f) roi_w = 1.0f;
+        if (roi_h < 1.0f) roi_h = 1.0f;
     }
     s.bin_h = roi_h / static_cast<float>(pooled_h);
     s.bin_w = roi_w / static_cast<float>(pooled_w);
-    // adaptive: ceil(roi_size / pooled_size) samples per bin, as torchvision
-    s.grid_h = sampling_ratio > 0 ? sampling_ratio
-                                  : static_cast<int>(ceilf(roi_h / static_cast<float>(pooled_h)));
-    s.grid_w = sampling_ratio > 0 ? sampling_ratio
-                                  : static_cast<int>(ceilf(roi_w / static_cast<float>(pooled_w)));
-    int const n = s.grid_h * s.grid_w;
+    // adaptive: ceil(roi_size / pooled_size) samples per bin, as torchvision, capped
+    s.grid_h = sampling_ratio > 0
+        ? sampling_ratio
+        : adaptive_grid(roi_h, pooled_h, max_adaptive_grid(height, pooled_h));
+    s.grid_w = sampling_ratio > 0
+        ? sampling_ratio
+        : adaptive_grid(roi_w, pooled_w, max_adaptive_grid(width, pooled_w));
+    int64_t const n = static_cast<int64_t>(s.grid_h) * s.grid_w;  // 2^30 squared fits
     s.count = static_cast<float>(n > 1 ? n : 1);
     return s;
 }
@@ -204,7 +231,10 @@ struct BilinearTaps {
 //! outside the map get zero weights; the rest are clamped to the border, as torchvision.
 MASKRT_HD BilinearTaps bilinear_taps(int height, int width, float y, float x) {
     BilinearTaps t;
-    if (y < -1.0f || y > static_cast<float>(height) || x < -1.0f || x > static_cast<float>(width)) {
+    // written as "not inside" so that a NaN coordinate (NaN box, 0 * inf) also pools zero
+    // instead of reaching the float -> int conversions below (undefined for NaN)
+    if (!(y >= -1.0f && y <= static_cast<float>(height) && x >= -1.0f &&
+          x <= static_cast<float>(width))) {
         for (int i = 0; i < 4; ++i) {
             t.pos[i] = 0;
             t.w[i] = 0.0f;

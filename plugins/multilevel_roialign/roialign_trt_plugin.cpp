@@ -4,8 +4,16 @@
 // Names, version, namespace and field names come from the generated roialign_contract.h.
 // enqueue() calls the same C-ABI CUDA launchers that the Python tests exercise.
 //
-// Only API present in both TensorRT 10.x and 11.x is used (IPluginV3 + the V3One capability
-// interfaces of version 1.0, IPluginCreatorV3One, IExprBuilder, getCreators/setLoggerFinder).
+// One source, two libraries (plugins/CMakeLists.txt), each with one way of reaching TensorRT's
+// registry, as NVIDIA splits its own plugins (plugin/CMakeLists.txt: libnvinfer_vc_plugin
+// exports getCreators/setLoggerFinder and links no libnvinfer; libnvinfer_plugin links it):
+//  * libmaskrt_roialign_trt.so: getCreators/setLoggerFinder for IPluginRegistry::loadLibrary.
+//    It never calls into a registry and links no libnvinfer.
+//  * libmaskrt_roialign_trt_autoreg.so (MASKRT_TRT_REGISTER_ON_LOAD): links libnvinfer and
+//    registers both creators while it is opened, for loaders that only dlopen it. It exports no
+//    getCreators, so loadLibrary cannot take it.
+// A build serves the TensorRT major of its headers: both libraries compare it with the loaded
+// libnvinfer's getInferLibMajorVersion() and do nothing (one line on stderr) on a mismatch.
 #include <NvInferRuntime.h>
 
 #include <cstdio>
@@ -19,13 +27,11 @@
 
 #if defined(__linux__)
 #include <dlfcn.h>
+#include <link.h>
 #endif
 
 #include "roialign_api.h"
 #include "roialign_contract.h"
-
-#define MASKRT_STR_(x) #x
-#define MASKRT_STR(x) MASKRT_STR_(x)
 
 namespace {
 
@@ -326,33 +332,30 @@ public:
         }
     }
 
-    //! FP16 RoIs are converted to FP32 into the workspace before pooling.
-    size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-                            DynamicPluginTensorDesc const*, int32_t) const noexcept override {
-        if (nbInputs != 3 || inputs[1].desc.type != DataType::kHALF || inputs[1].max.d[0] < 0) return 0;
-        return static_cast<size_t>(inputs[1].max.d[0]) * 4 * sizeof(float);
+    //! No workspace: FP16 RoIs are read (and widened to FP32) by the kernel itself, so nothing
+    //! depends on the RoI count's upper bound, which TensorRT may not know.
+    size_t getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
+                            int32_t) const noexcept override {
+        return 0;
     }
 
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
-                    void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
+                    void* const* outputs, void*, cudaStream_t stream) noexcept override {
         Dims const& x = inputDesc[0].dims;
-        auto const num_rois = static_cast<long long>(inputDesc[1].dims.d[0]);
-        auto const* rois = static_cast<float const*>(inputs[1]);
-        if (inputDesc[1].type == DataType::kHALF) {
-            auto* converted = static_cast<float*>(workspace);
-            int const rc = maskrt_roialign_cuda_half_to_float(inputs[1], converted, 4 * num_rois, stream);
-            if (rc != MASKRT_ROIALIGN_OK) {
-                log_error(maskrt_roialign_error_text(rc));
-                return -1;
-            }
-            rois = converted;
-        }
-        int const rc = maskrt_roialign_cuda_single(dtype_code(inputDesc[0].type), inputs[0],
-            static_cast<int>(x.d[0]), static_cast<int>(x.d[1]), static_cast<int>(x.d[2]),
-            static_cast<int>(x.d[3]), rois, inputs[2],
-            inputDesc[2].type == DataType::kINT64 ? 1 : 0, static_cast<int>(inputDesc[1].dims.d[0]),
-            outputs[0], mParams.output_height, mParams.output_width, mParams.sampling_ratio,
-            mParams.spatial_scale, mParams.aligned, stream);
+        int const dtype = dtype_code(inputDesc[0].type);
+        int const idx64 = inputDesc[2].type == DataType::kINT64 ? 1 : 0;
+        int const n = static_cast<int>(inputDesc[1].dims.d[0]);
+        int const b = static_cast<int>(x.d[0]), c = static_cast<int>(x.d[1]);
+        int const h = static_cast<int>(x.d[2]), w = static_cast<int>(x.d[3]);
+        SingleParams const& p = mParams;
+        int const rc = inputDesc[1].type == DataType::kHALF
+            ? maskrt_roialign_cuda_single_half_rois(dtype, inputs[0], b, c, h, w, inputs[1], inputs[2],
+                  idx64, n, outputs[0], p.output_height, p.output_width, p.sampling_ratio,
+                  p.spatial_scale, p.aligned, stream)
+            : maskrt_roialign_cuda_single(dtype, inputs[0], b, c, h, w,
+                  static_cast<float const*>(inputs[1]), inputs[2], idx64, n, outputs[0],
+                  p.output_height, p.output_width, p.sampling_ratio, p.spatial_scale, p.aligned,
+                  stream);
         if (rc != MASKRT_ROIALIGN_OK) log_error(maskrt_roialign_error_text(rc));
         return rc == MASKRT_ROIALIGN_OK ? 0 : -1;
     }
@@ -394,19 +397,7 @@ private:
 }  // namespace
 
 // --- library entry points ----------------------------------------------------------------------
-//
-// One registration per way of loading, never two:
-//  * IPluginRegistry::loadLibrary (Python registry.load_library, trtexec --dynamicPlugins) calls
-//    getCreators() and registers what it returns. It fails if any of them is registered already,
-//    so when the library registered itself while being opened (next point; libnvinfer is always
-//    in the process by then), getCreators() first takes those registrations back and hands both
-//    creators to TensorRT: registered once, by TensorRT, and loadLibrary returns its handle.
-//  * loaders that only dlopen the library after libnvinfer (ctypes.CDLL, polygraphy --plugins,
-//    trtexec --staticPlugins) never call getCreators(): the library registers both creators with
-//    getPluginRegistry() while it is being opened. MASKRT_TRT_NO_AUTOREGISTER=1 turns this off.
-//  * opened before libnvinfer (LD_PRELOAD): there is no registry yet and nothing registers; use
-//    one of the routes above.
-//  * getPluginCreators(): TensorRT 10.0's loader may look for it; it lists no creator.
+// Which loader takes which library, with NVIDIA's sources: plugins/multilevel_roialign/README.md.
 
 namespace {
 
@@ -420,8 +411,17 @@ IPluginCreatorInterface* const* creator_list(int32_t& count) {
     return creators;
 }
 
-bool g_registered_at_load = false;  // both creators registered while the library was opened
+//! The one line a major mismatch prints: IPluginRegistry's V3 methods sit at other vtable slots
+//! in another major (10.x still declares four V2 methods before them; 11 removed them), and the
+//! plugin interfaces are compiled for this one.
+void report_major_mismatch(int32_t loaded) noexcept {
+    std::fprintf(stderr,
+                 "maskrt RoIAlign plugin: built for TensorRT %d but the loaded libnvinfer is TensorRT "
+                 "%d; no plugin registered (rebuild maskrt against TensorRT %d headers)\n",
+                 static_cast<int>(NV_TENSORRT_MAJOR), static_cast<int>(loaded), static_cast<int>(loaded));
+}
 
+#if defined(MASKRT_TRT_REGISTER_ON_LOAD)
 //! Registers all n creators or, when one is refused, none (undoes the ones before it).
 bool register_all(IPluginRegistry& registry, IPluginCreatorInterface* const* creators, int32_t n) {
     for (int32_t i = 0; i < n; ++i) {
@@ -433,49 +433,57 @@ bool register_all(IPluginRegistry& registry, IPluginCreatorInterface* const* cre
     return true;
 }
 
-//! Deregisters all n creators or, when one is refused, none (registers the ones before it again).
-bool deregister_all(IPluginRegistry& registry, IPluginCreatorInterface* const* creators, int32_t n) {
-    for (int32_t i = 0; i < n; ++i) {
-        if (!registry.deregisterCreator(*creators[i])) {
-            for (int32_t j = 0; j < i; ++j) registry.registerCreator(*creators[j], MASKRT_PLUGIN_NAMESPACE);
-            return false;
-        }
-    }
-    return true;
-}
-
-#if defined(__linux__)
-//! getPluginRegistry() of the libnvinfer already loaded in this process, or null. RTLD_NOLOAD
-//! finds it even when it was loaded privately (Python's `import tensorrt`).
-IPluginRegistry* loaded_plugin_registry() {
-    char const* const names[] = {"libnvinfer.so." MASKRT_STR(NV_TENSORRT_MAJOR), "libnvinfer.so"};
-    for (char const* name : names) {
-        if (void* handle = dlopen(name, RTLD_LAZY | RTLD_NOLOAD)) {
-            using GetRegistry = IPluginRegistry* (*)();
-            auto get = reinterpret_cast<GetRegistry>(dlsym(handle, "getPluginRegistry"));
-            IPluginRegistry* registry = get != nullptr ? get() : nullptr;
-            dlclose(handle);  // drops only the reference NOLOAD added
-            if (registry != nullptr) return registry;
-        }
-    }
-    return nullptr;
-}
-
+//! The libnvinfer this library is linked to is in the process before this runs (it is a
+//! dependency), whatever opened the library and in which order: ctypes.CDLL, polygraphy
+//! --plugins, trtexec --staticPlugins, Triton's plugins= or LD_PRELOAD.
 struct RegisterAtLoad {
     RegisterAtLoad() noexcept {
-        char const* off = std::getenv("MASKRT_TRT_NO_AUTOREGISTER");
-        if (off != nullptr && off[0] != '\0' && off[0] != '0') return;
-        IPluginRegistry* registry = loaded_plugin_registry();
-        if (registry == nullptr) return;  // no TensorRT yet: getCreators() will serve the loader
+        int32_t const loaded = getInferLibMajorVersion();
+        if (loaded != NV_TENSORRT_MAJOR) {  // compare before any virtual call into the registry
+            report_major_mismatch(loaded);
+            return;
+        }
+        IPluginRegistry* registry = getPluginRegistry();
+        if (registry == nullptr) {
+            log_error("libnvinfer returned no plugin registry; nothing registered");
+            return;
+        }
         try {  // an exception here would abort the process inside dlopen
             int32_t n = 0;
             IPluginCreatorInterface* const* creators = creator_list(n);
-            g_registered_at_load = register_all(*registry, creators, n);
+            if (!register_all(*registry, creators, n)) {
+                log_error("TensorRT refused a creator (already registered?); none registered");
+            }
         } catch (std::exception const& e) {
             log_error(std::string("registering the creators failed: ") + e.what());
         }
     }
 } const g_register_at_load;
+
+#elif defined(__linux__)
+//! Major of the libnvinfer loaded in this process, or 0 where none is (or it cannot say). The
+//! objects are walked by file name because Python's `import tensorrt` loads it privately.
+int32_t loaded_nvinfer_major() noexcept {
+    std::string path;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* out) -> int {
+            char const* name = info->dlpi_name != nullptr ? info->dlpi_name : "";
+            char const* base = std::strrchr(name, '/');
+            base = base != nullptr ? base + 1 : name;
+            if (std::strncmp(base, "libnvinfer.so", 13) != 0) return 0;
+            *static_cast<std::string*>(out) = name;
+            return 1;
+        },
+        &path);
+    if (path.empty()) return 0;
+    void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    if (handle == nullptr) return 0;
+    using GetMajor = int32_t (*)();
+    auto get = reinterpret_cast<GetMajor>(dlsym(handle, "getInferLibMajorVersion"));
+    int32_t const major = get != nullptr ? get() : 0;
+    dlclose(handle);  // drops only the reference NOLOAD added
+    return major;
+}
 #endif
 
 }  // namespace
@@ -484,6 +492,11 @@ extern "C" {
 
 MASKRT_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { g_logger_finder = finder; }
 
+//! The TensorRT major of the headers this library was compiled against (the Python runtime
+//! refuses to hand it to another major's load_library).
+MASKRT_API int32_t maskrt_trt_plugin_tensorrt_major() { return NV_TENSORRT_MAJOR; }
+
+#if !defined(MASKRT_TRT_REGISTER_ON_LOAD)
 // TensorRT 10.0's library loader may also look for this V2-era entry point (NVIDIA's own 10.0
 // plugin library exports it beside getCreators; 10.1 dropped it). It lists IPluginCreator (V2)
 // creators only, and these plugins are V3: an empty list, never the V3 creators.
@@ -493,19 +506,16 @@ MASKRT_API nvinfer1::IPluginCreatorInterface* const* getPluginCreators(int32_t& 
     return none;
 }
 
+//! What IPluginRegistry::loadLibrary registers. Touches no registry (loadLibrary may hold its
+//! lock while it calls this); lists none when the loaded libnvinfer is another major.
 MASKRT_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     try {  // the creators are made on first use; nothing may throw across the C ABI
         nvinfer1::IPluginCreatorInterface* const* creators = creator_list(nbCreators);
 #if defined(__linux__)
-        if (g_registered_at_load) {  // take the load-time registrations back (see above)
-            nvinfer1::IPluginRegistry* registry = loaded_plugin_registry();
-            if (registry == nullptr || !deregister_all(*registry, creators, nbCreators)) {
-                // keep what is registered rather than have it registered twice
-                log_error("could not take back the load-time registration; getCreators lists none");
-                nbCreators = 0;
-                return creators;
-            }
-            g_registered_at_load = false;
+        int32_t const loaded = loaded_nvinfer_major();
+        if (loaded != 0 && loaded != NV_TENSORRT_MAJOR) {
+            report_major_mismatch(loaded);
+            nbCreators = 0;
         }
 #endif
         return creators;
@@ -515,5 +525,6 @@ MASKRT_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCrea
         return nullptr;
     }
 }
+#endif
 
 }  // extern "C"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib
 import os
@@ -72,14 +73,49 @@ def plugin_sha256() -> str | None:
 
 _loaded: set[str] = set()
 
+README = "plugins/multilevel_roialign/README.md"
+
+
+def plugin_library_major(lib: Path) -> int | None:
+    """The TensorRT major whose headers ``lib`` was compiled against, or None for a library that
+    does not say (built before it exported ``maskrt_trt_plugin_tensorrt_major``).
+
+    Opening the loadLibrary library with ctypes is harmless: it registers nothing by itself."""
+    handle = ctypes.CDLL(os.fspath(lib))
+    get = getattr(handle, "maskrt_trt_plugin_tensorrt_major", None)
+    if get is None:
+        return None
+    get.restype = ctypes.c_int32
+    get.argtypes = []
+    return int(get())
+
+
+def check_plugin_major(lib: Path, built: int | None, running: str) -> None:
+    """Refuse a plugin library built for another TensorRT major than the running one: the
+    plugin interfaces (and IPluginRegistry's vtable) it was compiled for are not that major's."""
+    major = int(running.split(".")[0])
+    if built is None:
+        raise MaskrtError(
+            f"{lib} does not say which TensorRT it was built for; rebuild maskrt against "
+            f"TensorRT {major} headers (see {README})"
+        )
+    if built != major:
+        raise MaskrtError(
+            f"{lib} was built for TensorRT {built} but this process runs TensorRT {running}; "
+            f"one build serves one TensorRT major: rebuild maskrt against TensorRT {major} "
+            f"headers (see {README})"
+        )
+
 
 def load_plugins() -> Path | None:
     """Register maskrt's plugin creators with TensorRT, once per process.
 
-    Through the plugin registry (``IPluginRegistry::loadLibrary``, which calls the library's
-    ``getCreators``), then checked: both creators must be in the registry afterwards, or this
-    raises naming the library (``load_library`` returns None on failure and TensorRT would
-    otherwise only say "plugin not found" at the first plugin node).
+    The route NVIDIA documents for a plugin library that exports ``getCreators``
+    (``IPluginRegistry::loadLibrary``; see plugins/multilevel_roialign/README.md, which also says
+    why the library never touches the registry itself). Before it, a library built for another
+    TensorRT major is refused; after it, both creators must be in the registry, or this raises
+    naming the library (``load_library`` returns None on failure and TensorRT would otherwise
+    only say "plugin not found" at the first plugin node).
     """
     from maskrt.plugins.contract import (
         PLUGIN_NAME,
@@ -95,6 +131,7 @@ def load_plugins() -> Path | None:
     key = os.fspath(lib)
     if key not in _loaded:
         mod = tensorrt()
+        check_plugin_major(lib, plugin_library_major(lib), str(mod.__version__))
         registry: trt.IPluginRegistry = mod.get_plugin_registry()
         handle = registry.load_library(key)
         missing = [
@@ -109,7 +146,7 @@ def load_plugins() -> Path | None:
             how = "load_library returned None" if handle is None else "the library loaded"
             raise MaskrtError(
                 f"TensorRT did not register {', '.join(missing)} from {key} ({how}; see the "
-                "TensorRT log above); see plugins/multilevel_roialign/README.md"
+                f"TensorRT log above); see {README}"
             )
         _loaded.add(key)
     return lib

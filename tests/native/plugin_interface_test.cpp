@@ -5,6 +5,7 @@
 // interfaces, getOutputShapes with symbolic and constant dimensions (an IExprBuilder built here
 // on TensorRT's apiv::VExprBuilder interface), getOutputDataTypes, supportsFormatCombination,
 // the serialisation round trip, clone, attachToContext, and bad fields. It links no libnvinfer.
+// The FP16-RoI check of getWorkspaceSize is issue 31's item 4 (enqueue itself needs a GPU).
 // Usage: plugin_interface_test LIBRARY; prints "ok <check>" lines, exits 1 at the first failure.
 #include <NvInferRuntime.h>
 
@@ -319,10 +320,13 @@ void single(GetCreators get) {
     fill(DataType::kFLOAT, DataType::kFLOAT, DataType::kINT32);
     io[1] = desc(DataType::kINT32, 2);
     check(!build->supportsFormatCombination(1, io, 3, 1), "single: int rois refused");
+    // FP16 RoIs are read by the kernel itself: no workspace, whether TensorRT knows the RoI
+    // count's upper bound (max.d[0]) or not (-1), so enqueue never writes one it was not given
     fill(DataType::kFLOAT, DataType::kHALF, DataType::kINT64);
     io[1].max.d[0] = 1000;
-    check(build->getWorkspaceSize(io, 3, &io[3], 1) == 1000 * 4 * sizeof(float),
-          "single: FP16 rois get an FP32 workspace of max R x 4");
+    check(build->getWorkspaceSize(io, 3, &io[3], 1) == 0, "single: FP16 rois, max R known: no workspace");
+    io[1].max.d[0] = -1;
+    check(build->getWorkspaceSize(io, 3, &io[3], 1) == 0, "single: FP16 rois, max R unknown: no workspace");
     io[1] = desc(DataType::kFLOAT, 2);
     check(build->getWorkspaceSize(io, 3, &io[3], 1) == 0, "single: FP32 rois need no workspace");
     std::unique_ptr<IPluginV3> restored(creator->createPlugin(
@@ -350,6 +354,9 @@ int main(int argc, char** argv) {
     }
     auto get = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
     check(get != nullptr, "getCreators exported");
+    using GetMajor = int32_t (*)();
+    auto major = reinterpret_cast<GetMajor>(dlsym(lib, "maskrt_trt_plugin_tensorrt_major"));
+    check(major != nullptr && major() == NV_TENSORRT_MAJOR, "the library reports the headers' TensorRT major");
     multilevel(get);
     single(get);
     std::printf("%d checks passed (the plugin's own methods through TensorRT's header interfaces; "

@@ -1,12 +1,17 @@
 // A stand-in for libnvinfer, written for the tests (NOT TensorRT): it exports getPluginRegistry()
-// with an in-memory IPluginRegistry built on TensorRT's own header interface, and a loadLibrary
-// that does what TensorRT documents: open the library, call its getCreators(), register every
-// creator, and fail (returning nullptr) if any of them is registered already. It lets a test
-// drive the plugin library's registration routes on a machine without TensorRT.
+// with an in-memory IPluginRegistry built on TensorRT's own header interface, a loadLibrary that
+// does what TensorRT documents (open the library, call its getCreators(), register every creator,
+// fail with nullptr if any of them is registered already), and getInferLibMajorVersion(), which
+// reports STANDIN_NVINFER_MAJOR where that is set (a libnvinfer of another major: the plugin must
+// then make no registry call at all) and the headers' major otherwise.
+// The registry's methods are documented as synchronised by a mutex; TensorRT may hold it during
+// loadLibrary. This stand-in counts instead of deadlocking: every registry call made while its
+// loadLibrary runs (from the library being opened or from its getCreators) is a re-entry.
 #include <NvInferRuntime.h>
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -25,9 +30,21 @@ class StandInRegistry : public IPluginRegistry {
 public:
     std::vector<Entry> entries;
     int duplicate_attempts = 0;
+    int calls = 0;      // registry calls from outside (the plugin library)
+    int reentries = 0;  // ... of which made while loadLibrary ran
+    bool in_load = false;
     std::vector<std::pair<void*, std::vector<IPluginCreatorInterface*>>> libraries;
 
+    void called() {
+        ++calls;
+        if (in_load) ++reentries;
+    }
+
     bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const ns) noexcept override {
+        called();
+        return add(creator, ns);
+    }
+    bool add(IPluginCreatorInterface& creator, AsciiChar const* const ns) {
         for (Entry const& e : entries) {
             if (same(*e.creator, creator)) {
                 ++duplicate_attempts;
@@ -38,6 +55,10 @@ public:
         return true;
     }
     bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override {
+        called();
+        return remove(creator);
+    }
+    bool remove(IPluginCreatorInterface const& creator) {
         for (auto it = entries.begin(); it != entries.end(); ++it) {
             if (it->creator == &creator) {
                 entries.erase(it);
@@ -47,14 +68,22 @@ public:
         return false;
     }
     IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override {
+        const_cast<StandInRegistry*>(this)->called();
         *n = static_cast<int32_t>(entries.size());
         return nullptr;
     }
     IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const,
                                         AsciiChar const* const) noexcept override {
+        called();
         return nullptr;
     }
     PluginLibraryHandle loadLibrary(AsciiChar const* path) noexcept override {
+        in_load = true;  // TensorRT's lock would be held from here to the end
+        PluginLibraryHandle const handle = load(path);
+        in_load = false;
+        return handle;
+    }
+    PluginLibraryHandle load(AsciiChar const* path) {
         void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
         if (lib == nullptr) return nullptr;
         using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
@@ -63,8 +92,8 @@ public:
         int32_t n = 0;
         IPluginCreatorInterface* const* creators = get(n);
         for (int32_t i = 0; i < n; ++i) {
-            if (!registerCreator(*creators[i], "")) {
-                for (int32_t j = 0; j < i; ++j) deregisterCreator(*creators[j]);
+            if (!add(*creators[i], "")) {
+                for (int32_t j = 0; j < i; ++j) remove(*creators[j]);
                 return nullptr;
             }
         }
@@ -75,7 +104,7 @@ public:
     void deregisterLibrary(PluginLibraryHandle handle) noexcept override {
         for (auto& [lib, creators] : libraries) {
             if (lib != handle) continue;
-            for (IPluginCreatorInterface* c : creators) deregisterCreator(*c);
+            for (IPluginCreatorInterface* c : creators) remove(*c);
             creators.clear();
         }
     }
@@ -90,7 +119,10 @@ public:
         return getAllCreators(n);
     }
 #if NV_TENSORRT_MAJOR < 11
-    bool registerCreator(IPluginCreator&, AsciiChar const* const) noexcept override { return false; }
+    bool registerCreator(IPluginCreator&, AsciiChar const* const) noexcept override {
+        called();
+        return false;
+    }
     IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override {
         *n = 0;
         return nullptr;
@@ -99,7 +131,10 @@ public:
                                      AsciiChar const* const) noexcept override {
         return nullptr;
     }
-    bool deregisterCreator(IPluginCreator const&) noexcept override { return false; }
+    bool deregisterCreator(IPluginCreator const&) noexcept override {
+        called();
+        return false;
+    }
 #endif
 
 private:
@@ -118,6 +153,12 @@ StandInRegistry g_registry;
 
 extern "C" {
 __attribute__((visibility("default"))) IPluginRegistry* getPluginRegistry() noexcept { return &g_registry; }
+__attribute__((visibility("default"))) int32_t getInferLibMajorVersion() noexcept {
+    char const* major = std::getenv("STANDIN_NVINFER_MAJOR");
+    return major != nullptr && major[0] != '\0' ? std::atoi(major) : NV_TENSORRT_MAJOR;
+}
+__attribute__((visibility("default"))) int standin_calls() { return g_registry.calls; }
+__attribute__((visibility("default"))) int standin_reentries() { return g_registry.reentries; }
 __attribute__((visibility("default"))) int standin_registered() {
     return static_cast<int>(g_registry.entries.size());
 }
