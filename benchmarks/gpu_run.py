@@ -1,0 +1,850 @@
+"""One prepared GPU run: build, test and time the CUDA RoIAlign kernel and the deploy model.
+
+Meant for the lent GPU machine (H100/H200, torch and nvcc, no TensorRT, no network), within
+8 minutes, and for any CPU machine, where the GPU parts are skipped and say so. Parts, in order:
+
+  build   the native libraries (CPU + CUDA kernel, no TensorRT) with CMake into ``--build-dir``;
+          a build made beforehand on a CPU machine is reused when the native sources still hash
+          the same and the libraries load; otherwise it is rebuilt where the script runs.
+  tests   the CUDA kernel tests (tests/test_plugin_cuda.py: fp32 and fp16 against torchvision's
+          CUDA RoIAlign on tests/_roialign_cases.py's box kinds), through pytest.
+  kernel  one RoIAlign call, maskrt's CUDA kernel vs torchvision's CUDA ``MultiScaleRoIAlign``
+          (bench_roialign.py's workload: the box pooler, 1000 RoIs x 256 channels, 7x7, and the
+          mask pooler, 100 RoIs, 14x14), fp32 and fp16; goals >= 3x (fp32), >= 5x (fp16) are
+          reported, not asserted.
+  deploy  bench_deploy_torch.py at batch 1: torchvision eager vs the deploy model with its
+          reference RoIAlign and with maskrt's kernel, latency and differences in detections.
+  stages  the deploy model with maskrt's kernel behind maskrt's numpy runtime, per batch (1, 4)
+          at 800x1344: pre-processing, host->device copy, inference, device->host copy and
+          post-processing (mask pasting), each timed alone (wall clock, synchronised).
+
+Writes ``gpu_report.json`` and ``gpu_report.md`` (device line, command, date, commit; the
+Markdown is meant for BENCHMARKS.md) into ``--out`` after every part, plus the build and pytest
+logs. A watchdog ends the run at ``--budget`` seconds with whatever the report holds.
+
+    python benchmarks/gpu_run.py --build-only      # here, on the CPU machine: build/gpu-lib
+    # then through the device tool, with carry=["build/gpu-lib"]:
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py --out $OUT
+    python benchmarks/gpu_run.py --quick           # fewer repetitions
+    python benchmarks/gpu_run.py --device cpu --parts stages --arch demo_maskrcnn --size 128x160
+                                                   # the stage code on the CPU (checks, no figures)
+
+Exit status: 0 when every part ran or was skipped, 1 when one failed or the budget ran out,
+2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = Path(__file__).resolve().parent
+PARTS = ("build", "tests", "kernel", "deploy", "stages")
+GPU_PARTS = ("tests", "kernel", "deploy", "stages")
+GOALS = {"fp32": 3.0, "fp16": 5.0}  # RoIAlign call, torchvision time / maskrt time (issue 32)
+STAGES = ("pre", "h2d", "infer", "d2h", "post")
+# Seconds a part is expected to need on an H100 (guesses until the first run measures them):
+# a part starts only with this much of the budget left.
+PART_SECONDS = {"build": 60, "tests": 60, "kernel": 40, "deploy": 60, "stages": 60}
+# What decides whether a build made elsewhere still fits these sources.
+NATIVE_SOURCES = ("CMakeLists.txt", "plugins/CMakeLists.txt", "plugins/_native.py.in")
+NATIVE_SOURCE_DIRS = ("plugins/multilevel_roialign",)
+BUILD_INFO = "build_info.json"
+CPU_LIB = "libmaskrt_roialign_cpu.so"
+CUDA_LIB = "libmaskrt_roialign_cuda.so"
+REPORT_JSON = "gpu_report.json"
+REPORT_MD = "gpu_report.md"
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line, exit 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# small pure helpers
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"800x1344"`` -> (800, 1344); both multiples of 32."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size wants HxW like 800x1344, got {text!r}") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise UsageError(f"--size wants positive multiples of 32, got {text!r}")
+    return h, w
+
+
+def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
+    """A comma-separated subset of ``allowed``, in the order given."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise UsageError(f"{flag} takes a comma-separated list of {', '.join(allowed)}; got {text!r}")
+    return items
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        batches = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--batches takes comma-separated sizes like 1,4, got {text!r}") from None
+    if not batches or min(batches) < 1:
+        raise UsageError(f"--batches takes sizes >= 1, got {text!r}")
+    return batches
+
+
+def summary_stats(times_ms: Sequence[float]) -> dict[str, float]:
+    """Median and 90th percentile (nearest rank) of a list of milliseconds."""
+    ordered = sorted(times_ms)
+    p90 = ordered[min(len(ordered) - 1, max(0, -(-9 * len(ordered) // 10) - 1))]
+    return {"median_ms": statistics.median(ordered), "p90_ms": p90}
+
+
+def files_hash(root: Path, paths: Sequence[str]) -> str:
+    """SHA-256 over the named files (relative path and bytes; a missing file counts too)."""
+    h = hashlib.sha256()
+    for rel in sorted(paths):
+        h.update(rel.encode() + b"\0")
+        p = root / rel
+        h.update(p.read_bytes() if p.is_file() else b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def native_source_files(root: Path) -> list[str]:
+    """The files a native build is made of, relative to ``root``."""
+    files = list(NATIVE_SOURCES)
+    for d in NATIVE_SOURCE_DIRS:
+        files += [str(p.relative_to(root)) for p in sorted((root / d).rglob("*")) if p.is_file()]
+    return files
+
+
+def git_tracked(root: Path) -> tuple[str, list[str]] | None:
+    """(commit, tracked files) of the checkout, or None where there is no git repository."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True
+            ).stdout
+
+        return git("rev-parse", "HEAD").strip(), git("ls-files").splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def commit_line(root: Path, info: dict[str, Any] | None) -> str:
+    """The commit the figures belong to: git's where the checkout has one (marked when tracked
+    files differ), else the one the build step recorded, checked against its file hash."""
+    tracked = git_tracked(root)
+    if tracked is not None:
+        commit, _ = tracked
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        return commit[:12] + (" +uncommitted" if dirty else "")
+    if info and info.get("commit"):
+        same = files_hash(root, info.get("tracked_files", [])) == info.get("tracked_hash")
+        state = "tracked files unchanged since" if same else "tracked files CHANGED since"
+        return f"{info['commit'][:12]} ({state} the build step; no git here)"
+    return "unknown (no git here and no build info)"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.2f}"
+        return "–" if v is None else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+class Report:
+    """The run's findings, written (atomically) after every change, from either thread."""
+
+    def __init__(self, out: Path, data: dict[str, Any]) -> None:
+        self.out = out
+        self.data = data
+        self.lock = threading.RLock()
+        self.current: str | None = None
+
+    def set_part(self, name: str, **fields: Any) -> None:
+        with self.lock:
+            self.data["parts"].setdefault(name, {}).update(fields)
+            self.write()
+
+    def write(self) -> None:
+        with self.lock:
+            self.data["elapsed_s"] = round(time.monotonic() - self.data["_t0"], 1)
+            public = {k: v for k, v in self.data.items() if not k.startswith("_")}
+            _atomic_write(self.out / REPORT_JSON, json.dumps(public, indent=2) + "\n")
+            _atomic_write(self.out / REPORT_MD, render_markdown(public))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The report as a BENCHMARKS.md section."""
+    out = [
+        f"## {r['date'][:10]}: GPU run ({r['device_short']})",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+        f"- Device: {r['device']}",
+        f"- Machine: {r['machine']}",
+        f"- Commit: {r['commit']}; date {r['date']}; {r['elapsed_s']} s of a {r['budget_s']} s "
+        "budget",
+        f"- Native libraries: {r.get('libraries', '–')}",
+        "",
+        md_table(
+            ["part", "status", "seconds", "note"],
+            [
+                [name, p.get("status", "not run"), p.get("seconds"), p.get("reason", "")]
+                for name, p in r["parts"].items()
+            ],
+        ),
+    ]
+    tests = r["parts"].get("tests", {})
+    if tests.get("counts"):
+        c = tests["counts"]
+        out += ["", f"Kernel tests: {c['passed']} passed, {c['failed']} failed, "
+                f"{c['errors']} errors, {c['skipped']} skipped."]  # fmt: skip
+        out += [f"- FAILED {f}" for f in tests.get("failures", [])]
+    kernel = r["parts"].get("kernel", {})
+    if kernel.get("rows"):
+        out += ["", "RoIAlign, one call (CUDA events, median of the repetitions):", ""]
+        out.append(md_table(
+            ["workload", "dtype", "torchvision ms", "maskrt ms", "ratio", "goal", "met",
+             "max abs diff", "maskrt GB/s"],
+            [[k["workload"], k["dtype"], k["torchvision_ms"], k["maskrt_ms"], k["ratio"],
+              f"≥ {k['goal']:g}×", "yes" if k["met"] else "no", k["max_abs_diff"],
+              k["maskrt_gbytes_per_s"]] for k in kernel["rows"]],
+        ))  # fmt: skip
+    deploy = r["parts"].get("deploy", {})
+    if deploy.get("rows"):
+        out += ["", "Deploy model vs torchvision eager, from the padded batch (batch 1):", ""]
+        out.append(md_table(
+            ["dtype", "impl", "median ms", "p90 ms", "tv/row", "peak MiB", "max |dscore|",
+             "max |dbox|"],
+            [[d["dtype"], d["impl"], d["median_ms"], d["p90_ms"], d["ratio_vs_torchvision"],
+              d["peak_mem_mib"], d["max_score_diff"], d["max_box_diff"]]
+             for d in deploy["rows"]],
+        ))  # fmt: skip
+    stages = r["parts"].get("stages", {})
+    if stages.get("rows"):
+        out += ["", f"Stages, {stages.get('what', '')} (median ms over the repetitions):", ""]
+        out.append(md_table(
+            ["device", "dtype", "batch", *STAGES, "total", "img/s", "host share",
+             "detections", "same as torchvision"],
+            [[s["device"], s["dtype"], s["batch"], *[s[st]["median_ms"] for st in STAGES],
+              s["total_median_ms"], s["images_per_s"], f"{100 * s['host_share']:.0f} %",
+              "/".join(map(str, s["detections"])), s.get("same_detections", "–")]
+             for s in stages["rows"]],
+        ))  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# build
+
+
+def read_build_info(lib_dir: Path) -> dict[str, Any] | None:
+    try:
+        info: dict[str, Any] = json.loads((lib_dir / BUILD_INFO).read_text())
+        return info
+    except (OSError, ValueError):
+        return None
+
+
+def libraries_load(lib_dir: Path, with_cuda: bool) -> str | None:
+    """None when the libraries open here, else why not (another machine's build may not)."""
+    import ctypes
+
+    names = [CPU_LIB] + ([CUDA_LIB] if with_cuda else [])
+    for name in names:
+        try:
+            ctypes.CDLL(str(lib_dir / name))
+        except OSError as e:
+            return f"{name} does not load here: {e}"
+    return None
+
+
+def reuse_reason(root: Path, lib_dir: Path, cuda_arch: str) -> tuple[bool, str]:
+    """Whether the build in ``lib_dir`` fits these sources and this machine, and why (not)."""
+    info = read_build_info(lib_dir)
+    if info is None:
+        return False, f"no build in {lib_dir}"
+    if info.get("native_hash") != files_hash(root, native_source_files(root)):
+        return False, "the native sources changed since that build"
+    if info.get("cuda_arch") != cuda_arch:
+        return False, f"that build is for CUDA arch {info.get('cuda_arch')}, not {cuda_arch}"
+    why = libraries_load(lib_dir, info.get("cuda") == "yes")
+    if why:
+        return False, why
+    return True, f"reused the build of {info.get('date', '?')} on {info.get('host', '?')}"
+
+
+def cmake_build(root: Path, lib_dir: Path, cuda_arch: str, log: Path) -> dict[str, Any]:
+    """Configure, build and install the CPU and CUDA libraries into ``lib_dir`` (flat), with a
+    build_info.json saying from which sources, for which arch, on which machine."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise RuntimeError("cmake not found on PATH")
+    work = lib_dir.with_name(lib_dir.name + "-cmake")
+    stage = lib_dir.with_name(lib_dir.name + ".tmp")
+    cache = work / "CMakeCache.txt"
+    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={root}\n" not in cache.read_text():
+        shutil.rmtree(work)  # configured from another checkout (or carried from another machine)
+    shutil.rmtree(stage, ignore_errors=True)
+    defines = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DMASKRT_WITH_TENSORRT=OFF",  # no TensorRT on the GPU machine; its build is tested here
+        "-DMASKRT_INSTALL_DIR=.",
+    ]
+    if cuda_arch == "none":
+        defines.append("-DMASKRT_WITH_CUDA=OFF")
+    else:
+        defines += ["-DMASKRT_WITH_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
+    generator = ["-G", "Ninja"] if shutil.which("ninja") and not cache.is_file() else []
+    steps = [
+        [cmake, "-S", str(root), "-B", str(work), *generator, *defines],
+        [cmake, "--build", str(work), "-j", str(os.cpu_count() or 2)],
+        [cmake, "--install", str(work), "--prefix", str(stage)],
+    ]
+    with open(log, "a") as f:
+        for cmd in steps:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"`{' '.join(cmd[:2])} ...` failed (exit {done.returncode}); "
+                                   f"see {log.name}")  # fmt: skip
+    configure_log = log.read_text()
+    has_cuda = (stage / CUDA_LIB).is_file()
+    if cuda_arch != "none" and not has_cuda:
+        why = "nvcc not found" if "nvcc not found" in configure_log else "see the build log"
+        print(f"build: CUDA kernel not built ({why}); CPU library only", flush=True)
+    tracked = git_tracked(root)
+    nvcc = shutil.which("nvcc")
+    nvcc_version = ""
+    if nvcc:
+        lines = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+        release = [ln for ln in lines.splitlines() if "release" in ln]
+        nvcc_version = release[0].strip() if release else lines.strip()[-80:]
+    info = {
+        "native_hash": files_hash(root, native_source_files(root)),
+        "cuda_arch": cuda_arch,
+        "cuda": "yes" if has_cuda else "no",
+        "nvcc": nvcc_version,
+        "host": os.uname().nodename,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": tracked[0] if tracked else None,
+        "tracked_files": tracked[1] if tracked else [],
+        "tracked_hash": files_hash(root, tracked[1]) if tracked else None,
+    }
+    (stage / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    shutil.rmtree(lib_dir, ignore_errors=True)
+    os.replace(stage, lib_dir)
+    return info
+
+
+def dir_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# imports: maskrt from this checkout even where it is not installed (the GPU machine)
+
+
+def import_shim(root: Path, shim: Path) -> Path | None:
+    """Make ``import maskrt`` work without an install; None when it already does.
+
+    The wheel maps repository folders to subpackages (pyproject's wheel.packages); a folder of
+    symlinks, ``shim/maskrt``, lays them out the same way.
+    """
+    if importlib.util.find_spec("maskrt") is not None:
+        return None
+    import tomllib
+
+    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["scikit-build"][
+        "wheel"
+    ]["packages"]
+    shutil.rmtree(shim, ignore_errors=True)
+    top = shim / "maskrt"
+    top.mkdir(parents=True)
+    for child in (root / mapping["maskrt"]).iterdir():
+        (top / child.name).symlink_to(child)
+    for dst, src in mapping.items():
+        if dst != "maskrt":
+            (shim / dst).symlink_to(root / src)
+    sys.path.insert(0, str(shim))
+    return shim
+
+
+# --------------------------------------------------------------------------------------------
+# device
+
+
+def device_facts() -> dict[str, Any]:
+    """The GPU (if torch sees one) in one line, and torch's versions."""
+    import torch
+    import torchvision
+
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    if not torch.cuda.is_available():
+        return {"gpu": False, "device": f"no CUDA GPU (torch.cuda.is_available() is False); "
+                f"{versions}", "device_short": "no GPU"}  # fmt: skip
+    props = torch.cuda.get_device_properties(0)
+    driver = ""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        q = subprocess.run(
+            [smi, "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip().splitlines()  # fmt: skip
+        driver = f", driver/max SM clock/power limit {q[0]}" if q else ""
+    line = (
+        f"{props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB"
+        f"{driver}; CUDA {torch.version.cuda} (torch), {versions}"
+    )
+    return {"gpu": True, "device": line, "device_short": props.name}
+
+
+# --------------------------------------------------------------------------------------------
+# parts
+
+
+def part_tests(root: Path, out: Path, env: dict[str, str], timeout: float, gpu: bool) -> dict[str, Any]:
+    """tests/test_plugin_cuda.py through pytest (a child process), counted from its JUnit XML."""
+    xml = out / "kernel_tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "tests/test_plugin_cuda.py", "-m", "cuda", "-q",
+           "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}"]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)  # fmt: skip
+        text, rc = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc = None
+    (out / "kernel_tests.log").write_text(text)
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failures: list[str] = []
+    skip_reasons: set[str] = set()
+    if xml.is_file():
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            name = case.get("name", "?")
+            if case.find("failure") is not None or case.find("error") is not None:
+                bad = case.find("failure")
+                kind = "failed" if bad is not None else "errors"
+                bad = bad if bad is not None else case.find("error")
+                counts[kind] += 1
+                msg = (bad.get("message", "") if bad is not None else "").splitlines()
+                failures.append(f"{name}: {msg[0][:200] if msg else ''}")
+            elif case.find("skipped") is not None:
+                counts["skipped"] += 1
+                skipped = case.find("skipped")
+                skip_reasons.add((skipped.get("message", "") if skipped is not None else "")[:120])
+            else:
+                counts["passed"] += 1
+    result: dict[str, Any] = {"command": " ".join(cmd[1:]), "counts": counts,
+                              "failures": failures}  # fmt: skip
+    total = sum(counts.values())
+    if rc is None:
+        return result | {"status": "failed", "reason": f"pytest ran past {timeout:.0f} s"}
+    if rc not in (0, 5) or counts["failed"] or counts["errors"]:
+        tail = text.strip().splitlines()[-1:] or [""]
+        return result | {"status": "failed", "reason": f"pytest exit {rc}: {tail[0][:200]}"}
+    if not gpu:
+        why = "; ".join(sorted(skip_reasons)) or "nothing collected"
+        return result | {"status": "skipped",
+                         "reason": f"no CUDA GPU: pytest skipped {counts['skipped']} of {total} "
+                                   f"({why})"}  # fmt: skip
+    if counts["passed"] == 0:
+        why = "; ".join(sorted(skip_reasons)) or "nothing collected"
+        return result | {"status": "failed", "reason": f"GPU present but no test ran ({why})"}
+    return result | {"status": "ok", "reason": f"{counts['passed']} passed, "
+                     f"{counts['skipped']} skipped"}  # fmt: skip
+
+
+def part_kernel(hw: tuple[int, int], reps: int) -> dict[str, Any]:
+    """bench_roialign's CUDA comparison on the box and the mask pooler's workloads."""
+    import bench_roialign
+
+    from maskrt.plugins import MultiLevelRoIAlignFields
+
+    workloads = (("box 1000 RoIs 7x7", 1000, 7), ("mask 100 RoIs 14x14", 100, 14))
+    rows = []
+    for label, num_rois, size in workloads:
+        feats, rois = bench_roialign.make_inputs(num_rois, 256, hw)
+        fields = MultiLevelRoIAlignFields(size, 2, 0, bench_roialign.SCALES)
+        got = bench_roialign.bench_cuda(feats, rois, fields, hw, reps)
+        for tv, ours in zip(got[0::2], got[1::2]):
+            goal = GOALS[ours.dtype]
+            rows.append({
+                "workload": label, "dtype": ours.dtype, "torchvision_ms": tv.median_ms,
+                "maskrt_ms": ours.median_ms, "ratio": ours.ratio_vs_torchvision, "goal": goal,
+                "met": ours.ratio_vs_torchvision >= goal, "max_abs_diff": ours.max_abs_diff,
+                "maskrt_gbytes_per_s": ours.gbytes_per_s,
+            })  # fmt: skip
+    met = sum(r["met"] for r in rows)
+    return {"status": "ok", "rows": rows, "reason": f"goal met in {met} of {len(rows)} rows"}
+
+
+def part_deploy(hw: tuple[int, int], dtypes: Sequence[str], reps: int, warmup: int) -> dict[str, Any]:
+    """bench_deploy_torch's three-way comparison at batch 1 on the GPU."""
+    from dataclasses import asdict
+
+    import bench_deploy_torch
+
+    rows = []
+    for dtype in dtypes:
+        rows += [asdict(r) for r in bench_deploy_torch.bench_dtype("cuda", dtype, 1, hw, reps,
+                                                                   warmup)]  # fmt: skip
+    expected = len(dtypes) * 3
+    if len(rows) < expected:
+        return {"status": "failed", "rows": rows,
+                "reason": f"{expected - len(rows)} of {expected} rows failed (see the log)"}  # fmt: skip
+    return {"status": "ok", "rows": rows, "reason": f"{len(rows)} rows"}
+
+
+def pipeline_once(
+    images: Sequence[Any], spec: Any, deploy: Any, device: str, dtype: Any
+) -> tuple[dict[str, float], list[Any]]:
+    """One batch through maskrt's runtime around the deploy model: ms per stage, detections.
+
+    Each device stage ends with a synchronisation, so that every stage is timed alone."""
+    import numpy as np
+    import torch
+
+    from maskrt.contract import output_names
+    from maskrt.runtime.postprocess import postprocess
+    from maskrt.runtime.preprocess import preprocess
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    ms: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        ms[name] = 1000.0 * (now - t)
+        t = now
+
+    batch = preprocess(images, spec)  # numpy: resize + pad, float32 [B, 3, H, W]
+    lap("pre")
+    x = torch.from_numpy(batch.images).to(device)  # from pageable memory, as the runtime does
+    sizes = torch.from_numpy(batch.image_sizes).to(device)
+    sync()
+    lap("h2d")
+    with torch.inference_mode():
+        outs = deploy(x.to(dtype), sizes)
+    sync()
+    lap("infer")
+    host = [o.cpu().numpy() for o in outs]
+    lap("d2h")
+    names = output_names(deploy.has_masks, deploy.has_keypoints)
+    named = {n: (a.astype(np.float32) if a.dtype == np.float16 else a) for n, a in zip(names, host)}
+    dets = postprocess(named, batch)  # boxes to original pixels, masks pasted
+    lap("post")
+    return ms, dets
+
+
+def part_stages(
+    device: str,
+    arch: str,
+    hw: tuple[int, int],
+    batches: Sequence[int],
+    dtypes: Sequence[str],
+    reps: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Per dtype and batch: each stage's median/p90 over ``reps`` runs of the whole pipeline;
+    for fp32, whether the detections equal torchvision's (validate's matching rule)."""
+    import torch
+    from bench_deploy_torch import DTYPES, maskrt_roi_align
+
+    from maskrt.detections import same_detections
+    from maskrt.export import DeployModel
+    from maskrt.pipeline.bench import bench_images
+    from maskrt.runtime.backends.torch_backend import TorchPredictor
+    from maskrt.specs import build_model, default_spec
+
+    spec = default_spec(arch, box_score_thresh=0.0, min_size=hw[0]).replace(max_size=hw[1])
+    images = bench_images(None, f"{hw[0]}x{hw[1]}", max(batches))
+    rows = []
+    for dtype_name in dtypes:
+        torch.manual_seed(0)
+        model = build_model(spec)
+        deploy = DeployModel(model, roi_align=maskrt_roi_align(device))
+        deploy = deploy.to(device=device, dtype=DTYPES[dtype_name]).eval()
+        for b in batches:
+            chunk = images[:b]
+            times: dict[str, list[float]] = {s: [] for s in STAGES}
+            totals = []
+            dets: list[Any] = []
+            for i in range(warmup + reps):
+                ms, dets = pipeline_once(chunk, spec, deploy, device, DTYPES[dtype_name])
+                if i >= warmup:
+                    for s in STAGES:
+                        times[s].append(ms[s])
+                    totals.append(sum(ms.values()))
+            row: dict[str, Any] = {"device": device, "dtype": dtype_name, "batch": b}
+            row |= {s: summary_stats(times[s]) for s in STAGES}
+            row["total_median_ms"] = statistics.median(totals)
+            row["images_per_s"] = 1000.0 * b / row["total_median_ms"]
+            host = sum(row[s]["median_ms"] for s in ("pre", "post"))
+            row["host_share"] = host / sum(row[s]["median_ms"] for s in STAGES)
+            row["detections"] = [len(d) for d in dets]
+            if dtype_name == "fp32":  # torchvision's own model on the same images: the oracle
+                ref = TorchPredictor(spec, model, device).predict(chunk)
+                same = sum(same_detections(a, r) for a, r in zip(dets, ref))
+                row["same_detections"] = f"{same}/{b}"
+            rows.append(row)
+            print(f"stages {device} {dtype_name} batch {b}: " + ", ".join(
+                f"{s} {row[s]['median_ms']:.1f}" for s in STAGES) + " ms", flush=True)  # fmt: skip
+    what = (f"{arch} (random weights, box_score_thresh 0: up to "
+            f"{spec.box_detections_per_img} detections per image, all masks pasted), "
+            f"{len(images)} synthetic images scaled to {hw[0]}x{hw[1]}")  # fmt: skip
+    return {"status": "ok", "rows": rows, "what": what, "reason": f"{len(rows)} rows"}
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default: $OUT where set, else build/gpu-report)")
+    p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
+    p.add_argument("--build-dir", type=Path, default=ROOT / "build" / "gpu-lib",
+                   help="the native libraries (carried to the GPU machine)")
+    p.add_argument("--build-only", action="store_true", help="only the build part (CPU machine)")
+    p.add_argument("--rebuild", action="store_true", help="build even where a build fits")
+    p.add_argument("--cuda-arch", default="90",
+                   help="CMAKE_CUDA_ARCHITECTURES (90: H100/H200), or none: CPU library only")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
+    p.add_argument("--device", choices=["auto", "cpu"], default="auto",
+                   help="cpu: run the stage/deploy code on the CPU (a check, not figures)")
+    p.add_argument("--arch", default="maskrcnn_resnet50_fpn", help="model of the stages part")
+    p.add_argument("--size", default="800x1344", help="network input HxW (multiples of 32)")
+    p.add_argument("--batches", default="1,4", help="batch sizes of the stages part")
+    p.add_argument("--dtypes", default="fp32,fp16", help="fp32, fp16 or both")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20)")
+    p.add_argument("--quick", action="store_true", help="5 repetitions (kernel: 20)")
+    p.add_argument("--budget", type=float, default=420.0,
+                   help="seconds; parts that would not fit are skipped, the run ends at it")
+    return p  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        parts = ["build"] if args.build_only else parse_list(args.parts, PARTS, "--parts")
+        hw = parse_size(args.size)
+        batches = parse_batches(args.batches)
+        dtypes = parse_list(args.dtypes, ("fp32", "fp16"), "--dtypes")
+        if args.budget <= 0 or (args.reps is not None and args.reps < 1):
+            raise UsageError("--budget and --reps must be positive")
+        if args.cuda_arch != "none" and not all(
+            a.isdigit() or a.endswith(("-real", "-virtual")) for a in args.cuda_arch.split(";")
+        ):
+            raise UsageError(f"--cuda-arch wants e.g. 90 or '80;90' or none, got {args.cuda_arch!r}")
+        out = args.out or Path(os.environ.get("OUT") or ROOT / "build" / "gpu-report")
+        if (out / REPORT_JSON).exists() and not args.force:
+            raise UsageError(f"{out / REPORT_JSON} exists; pass --force to overwrite it")
+        out.mkdir(parents=True, exist_ok=True)
+    except (UsageError, OSError) as e:
+        print(f"gpu_run: error: {e}", file=sys.stderr)
+        return 2
+    reps = args.reps or (5 if args.quick else 20)
+    kernel_reps = args.reps or (20 if args.quick else 50)
+    warmup = 2
+
+    command = "python3 benchmarks/gpu_run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = Report(out, {
+        "title": "maskrt GPU run", "command": command.strip(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": "not read yet", "device_short": "?", "machine": "", "commit": "",
+        "budget_s": args.budget, "parts": {p: {"status": "not run"} for p in parts},
+        "_t0": t0,
+    })  # fmt: skip
+    deadline = t0 + args.budget
+
+    def watchdog() -> None:
+        with report.lock:
+            name = report.current or "between parts"
+            if report.current:
+                report.data["parts"][report.current].update(
+                    status="stopped", reason=f"the budget of {args.budget:.0f} s ran out here")
+            report.write()  # fmt: skip
+        print(f"gpu_run: budget of {args.budget:.0f} s ran out in {name}; report in {out}",
+              flush=True)  # fmt: skip
+        os._exit(1)
+
+    timer = threading.Timer(args.budget, watchdog)
+    timer.daemon = True
+    timer.start()
+
+    def run_part(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name not in parts:
+            return
+        left = deadline - time.monotonic()
+        if left < PART_SECONDS[name] * (0.5 if args.quick else 1.0):
+            report.set_part(name, status="skipped",
+                            reason=f"{left:.0f} s of the budget left, the part needs "
+                                   f"~{PART_SECONDS[name]} s")  # fmt: skip
+            print(f"{name}: skipped (budget)", flush=True)
+            return
+        report.current = name
+        start = time.monotonic()
+        print(f"{name}: running", flush=True)
+        try:
+            result = fn()
+        except Exception as e:  # reported, then the next part runs
+            (out / f"{name}_error.log").write_text(traceback.format_exc())
+            result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
+        result["seconds"] = round(time.monotonic() - start, 1)
+        report.current = None
+        report.set_part(name, **result)
+        print(f"{name}: {result['status']} ({result['seconds']} s) {result.get('reason', '')}",
+              flush=True)  # fmt: skip
+
+    # build: the libraries every other part loads
+    build_log = out / "build.log"
+    lib_dir = args.build_dir.resolve()
+
+    def build() -> dict[str, Any]:
+        ok, why = reuse_reason(ROOT, lib_dir, args.cuda_arch)
+        if ok and not args.rebuild:
+            return {"status": "ok", "reason": why, "reused": True, "mib": dir_mib(lib_dir)}
+        print(f"build: building ({'--rebuild' if ok else why})", flush=True)
+        info = cmake_build(ROOT, lib_dir, args.cuda_arch, build_log)
+        note = "" if info["cuda"] == "yes" or args.cuda_arch == "none" else "; NO CUDA library"
+        return {"status": "ok", "reused": False, "mib": round(dir_mib(lib_dir), 2),
+                "reason": f"built into {lib_dir.name} for arch {args.cuda_arch} "
+                          f"({info['nvcc'] or 'no nvcc'}){note}"}  # fmt: skip
+
+    run_part("build", build)
+    info = read_build_info(lib_dir)
+    report.data["commit"] = commit_line(ROOT, info)
+    if args.build_only:
+        report.write()
+        timer.cancel()
+        status = report.data["parts"]["build"]["status"]
+        print(f"build: {lib_dir} ({dir_mib(lib_dir) if lib_dir.is_dir() else 0:.1f} MiB); "
+              f"carry it as {os.path.relpath(lib_dir, ROOT)}", flush=True)  # fmt: skip
+        return 0 if status == "ok" else 1
+
+    # everything below imports maskrt (from this checkout) and torch
+    os.environ["MASKRT_PLUGIN_DIR"] = str(lib_dir)
+    shim = import_shim(ROOT, ROOT / "build" / "gpu-shim")
+    env = dict(os.environ)
+    if shim is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
+    sys.path.insert(0, str(BENCHMARKS))
+    from _timing import machine_header
+    from maskrt.machine import machine_facts, machine_line
+    from maskrt.plugins import _library
+
+    facts = device_facts()
+    mf = machine_facts()
+    mf["commit"] = report.data["commit"]
+    report.data |= {"device": facts["device"], "device_short": facts["device_short"],
+                    "machine": machine_line(mf).removeprefix("Machine: ")}  # fmt: skip
+    found = {n: _library.find(n) for n in (_library.CPU, _library.CUDA)}
+    report.data["libraries"] = ", ".join(f"{n}: {p or 'not found'}" for n, p in found.items())
+    report.write()
+    print(machine_header(), flush=True)
+    print(f"device: {facts['device']}", flush=True)
+    gpu = bool(facts["gpu"])
+    cuda_lib = found[_library.CUDA] is not None
+    stage_device = "cpu" if args.device == "cpu" else ("cuda" if gpu else None)
+
+    def need_gpu(name: str) -> bool:
+        """Whether a GPU part can run; if not, the part says why."""
+        if name not in parts:
+            return False
+        if not gpu:
+            report.set_part(name, status="skipped", reason="no CUDA GPU")
+            print(f"{name}: skipped: no CUDA GPU (torch.cuda.is_available() is False)", flush=True)
+            return False
+        if not cuda_lib:
+            report.set_part(name, status="failed", reason="CUDA library not built (see build)")
+            print(f"{name}: failed: GPU present but the CUDA library was not built", flush=True)
+            return False
+        return True
+
+    timeout = max(10.0, min(PART_SECONDS["tests"] * 3, deadline - time.monotonic() - 5))
+    run_part("tests", lambda: part_tests(ROOT, out, env, timeout, gpu))
+    if need_gpu("kernel"):
+        run_part("kernel", lambda: part_kernel(hw, kernel_reps))
+    if args.device == "cpu" and "deploy" in parts:
+        report.set_part("deploy", status="skipped",
+                        reason="GPU only (bench_deploy_torch.py --device cpu is its CPU run)")  # fmt: skip
+    elif need_gpu("deploy"):
+        run_part("deploy", lambda: part_deploy(hw, dtypes, max(5, reps // 2), warmup))
+    if stage_device == "cpu" or need_gpu("stages"):
+        assert stage_device is not None
+        run_part("stages", lambda: part_stages(stage_device, args.arch, hw, batches, dtypes,
+                                               reps, warmup))  # fmt: skip
+    timer.cancel()
+    report.write()
+    print_summary(report.data)
+    statuses = [p.get("status") for p in report.data["parts"].values()]
+    return 1 if any(s in ("failed", "stopped") for s in statuses) else 0
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    """The last lines of the output (what the device tool's reply carries)."""
+    print(f"\n== maskrt GPU run: {r['device']}")
+    print(f"== commit {r['commit']}; {r['elapsed_s']} s; report {REPORT_MD} / {REPORT_JSON}")
+    for name, p in r["parts"].items():
+        print(f"{name:<7} {p.get('status', 'not run'):<8} {p.get('reason', '')}")
+    for k in r["parts"].get("kernel", {}).get("rows", []):
+        print(f"kernel  {k['workload']:<20} {k['dtype']} tv {k['torchvision_ms']:.3f} ms, maskrt "
+              f"{k['maskrt_ms']:.3f} ms: {k['ratio']:.2f}x (goal {k['goal']:g}x "
+              f"{'met' if k['met'] else 'NOT met'}), max diff {k['max_abs_diff']:.1e}")  # fmt: skip
+    for s in r["parts"].get("stages", {}).get("rows", []):
+        print(f"stages  {s['device']} {s['dtype']} b{s['batch']}: " + " ".join(
+            f"{st} {s[st]['median_ms']:.1f}" for st in STAGES)
+            + f" = {s['total_median_ms']:.1f} ms, host {100 * s['host_share']:.0f} %, "
+            f"same {s.get('same_detections', '-')}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
