@@ -96,7 +96,9 @@ def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise UsageError(f"{flag} takes a comma-separated list of {', '.join(allowed)}; got {text!r}")
+        raise UsageError(
+            f"{flag} takes a comma-separated list of {', '.join(allowed)}; got {text!r}"
+        )
     return items
 
 
@@ -136,34 +138,40 @@ def native_source_files(root: Path) -> list[str]:
     return files
 
 
-def git_tracked(root: Path) -> tuple[str, list[str]] | None:
-    """(commit, tracked files) of the checkout, or None where there is no git repository."""
+def checkout_state(root: Path) -> dict[str, Any] | None:
+    """The checkout's commit, whether tracked files differ from it, and a hash of the tracked
+    files (to recognise the same tree where git is absent); None without a git repository."""
     try:
+
         def git(*args: str) -> str:
             return subprocess.run(
                 ["git", *args], cwd=root, capture_output=True, text=True, check=True
             ).stdout
 
-        return git("rev-parse", "HEAD").strip(), git("ls-files").splitlines()
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        files = git("ls-files").splitlines()
     except (OSError, subprocess.CalledProcessError):
         return None
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "tracked_files": files,
+        "tracked_hash": files_hash(root, files),
+    }
 
 
 def commit_line(root: Path, info: dict[str, Any] | None) -> str:
-    """The commit the figures belong to: git's where the checkout has one (marked when tracked
-    files differ), else the one the build step recorded, checked against its file hash."""
-    tracked = git_tracked(root)
-    if tracked is not None:
-        commit, _ = tracked
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=False,
-        ).stdout.strip()  # fmt: skip
-        return commit[:12] + (" +uncommitted" if dirty else "")
+    """The commit the figures belong to: git's where the checkout has one, else the one the
+    build step recorded, with whether the tracked files still hash the same."""
+    state = checkout_state(root)
+    if state is not None:
+        return state["commit"][:12] + (" +uncommitted" if state["dirty"] else "")
     if info and info.get("commit"):
         same = files_hash(root, info.get("tracked_files", [])) == info.get("tracked_hash")
-        state = "tracked files unchanged since" if same else "tracked files CHANGED since"
-        return f"{info['commit'][:12]} ({state} the build step; no git here)"
+        dirty = " +uncommitted" if info.get("dirty") else ""
+        how = "unchanged since" if same else "CHANGED since"
+        return f"{info['commit'][:12]}{dirty} (tracked files {how} the build step; no git here)"
     return "unknown (no git here and no build info)"
 
 
@@ -236,40 +244,106 @@ def render_markdown(r: dict[str, Any]) -> str:
     tests = r["parts"].get("tests", {})
     if tests.get("counts"):
         c = tests["counts"]
-        out += ["", f"Kernel tests: {c['passed']} passed, {c['failed']} failed, "
-                f"{c['errors']} errors, {c['skipped']} skipped."]  # fmt: skip
+        out += [
+            "",
+            f"Kernel tests: {c['passed']} passed, {c['failed']} failed, "
+            f"{c['errors']} errors, {c['skipped']} skipped.",
+        ]
         out += [f"- FAILED {f}" for f in tests.get("failures", [])]
     kernel = r["parts"].get("kernel", {})
     if kernel.get("rows"):
         out += ["", "RoIAlign, one call (CUDA events, median of the repetitions):", ""]
-        out.append(md_table(
-            ["workload", "dtype", "torchvision ms", "maskrt ms", "ratio", "goal", "met",
-             "max abs diff", "maskrt GB/s"],
-            [[k["workload"], k["dtype"], k["torchvision_ms"], k["maskrt_ms"], k["ratio"],
-              f"≥ {k['goal']:g}×", "yes" if k["met"] else "no", k["max_abs_diff"],
-              k["maskrt_gbytes_per_s"]] for k in kernel["rows"]],
-        ))  # fmt: skip
+        out.append(
+            md_table(
+                [
+                    "workload",
+                    "dtype",
+                    "torchvision ms",
+                    "maskrt ms",
+                    "ratio",
+                    "goal",
+                    "met",
+                    "max abs diff",
+                    "maskrt GB/s",
+                ],
+                [
+                    [
+                        k["workload"],
+                        k["dtype"],
+                        k["torchvision_ms"],
+                        k["maskrt_ms"],
+                        k["ratio"],
+                        f"≥ {k['goal']:g}×",
+                        "yes" if k["met"] else "no",
+                        k["max_abs_diff"],
+                        k["maskrt_gbytes_per_s"],
+                    ]
+                    for k in kernel["rows"]
+                ],
+            )
+        )
     deploy = r["parts"].get("deploy", {})
     if deploy.get("rows"):
         out += ["", "Deploy model vs torchvision eager, from the padded batch (batch 1):", ""]
-        out.append(md_table(
-            ["dtype", "impl", "median ms", "p90 ms", "tv/row", "peak MiB", "max |dscore|",
-             "max |dbox|"],
-            [[d["dtype"], d["impl"], d["median_ms"], d["p90_ms"], d["ratio_vs_torchvision"],
-              d["peak_mem_mib"], d["max_score_diff"], d["max_box_diff"]]
-             for d in deploy["rows"]],
-        ))  # fmt: skip
+        out.append(
+            md_table(
+                [
+                    "dtype",
+                    "impl",
+                    "median ms",
+                    "p90 ms",
+                    "tv/row",
+                    "peak MiB",
+                    "max Δscore",
+                    "max Δbox",
+                ],
+                [
+                    [
+                        d["dtype"],
+                        d["impl"],
+                        d["median_ms"],
+                        d["p90_ms"],
+                        d["ratio_vs_torchvision"],
+                        d["peak_mem_mib"],
+                        d["max_score_diff"],
+                        d["max_box_diff"],
+                    ]
+                    for d in deploy["rows"]
+                ],
+            )
+        )
     stages = r["parts"].get("stages", {})
     if stages.get("rows"):
         out += ["", f"Stages, {stages.get('what', '')} (median ms over the repetitions):", ""]
-        out.append(md_table(
-            ["device", "dtype", "batch", *STAGES, "total", "img/s", "host share",
-             "detections", "same as torchvision"],
-            [[s["device"], s["dtype"], s["batch"], *[s[st]["median_ms"] for st in STAGES],
-              s["total_median_ms"], s["images_per_s"], f"{100 * s['host_share']:.0f} %",
-              "/".join(map(str, s["detections"])), s.get("same_detections", "–")]
-             for s in stages["rows"]],
-        ))  # fmt: skip
+        out.append(
+            md_table(
+                [
+                    "device",
+                    "dtype",
+                    "batch",
+                    *STAGES,
+                    "total",
+                    "img/s",
+                    "host share",
+                    "detections",
+                    "same as torchvision",
+                ],
+                [
+                    [
+                        s["device"],
+                        s["dtype"],
+                        s["batch"],
+                        *[s[st]["median_ms"] for st in STAGES],
+                        s["total_median_ms"],
+                        s["images_per_s"],
+                        f"{100 * s['host_share']:.0f} %",
+                        "/".join(map(str, s["detections"])),
+                        s.get("same_detections", "–"),
+                    ]
+                    for s in stages["rows"]
+                ],
+            )
+        )
     return "\n".join(out) + "\n"
 
 
@@ -346,14 +420,14 @@ def cmake_build(root: Path, lib_dir: Path, cuda_arch: str, log: Path) -> dict[st
             f.flush()
             done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
             if done.returncode != 0:
-                raise RuntimeError(f"`{' '.join(cmd[:2])} ...` failed (exit {done.returncode}); "
-                                   f"see {log.name}")  # fmt: skip
+                raise RuntimeError(
+                    f"`{' '.join(cmd[:2])} ...` failed (exit {done.returncode}); see {log.name}"
+                )
     configure_log = log.read_text()
     has_cuda = (stage / CUDA_LIB).is_file()
     if cuda_arch != "none" and not has_cuda:
         why = "nvcc not found" if "nvcc not found" in configure_log else "see the build log"
         print(f"build: CUDA kernel not built ({why}); CPU library only", flush=True)
-    tracked = git_tracked(root)
     nvcc = shutil.which("nvcc")
     nvcc_version = ""
     if nvcc:
@@ -367,14 +441,21 @@ def cmake_build(root: Path, lib_dir: Path, cuda_arch: str, log: Path) -> dict[st
         "nvcc": nvcc_version,
         "host": os.uname().nodename,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": tracked[0] if tracked else None,
-        "tracked_files": tracked[1] if tracked else [],
-        "tracked_hash": files_hash(root, tracked[1]) if tracked else None,
+        **(checkout_state(root) or {}),
     }
     (stage / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(lib_dir, ignore_errors=True)
     os.replace(stage, lib_dir)
     return info
+
+
+def refresh_checkout_state(root: Path, lib_dir: Path) -> None:
+    """Record the checkout's current commit in a reused build (where git is here): the build
+    step runs again after the last commit, and the GPU machine has no git to ask."""
+    state = checkout_state(root)
+    info = read_build_info(lib_dir)
+    if state is not None and info is not None and any(info.get(k) != v for k, v in state.items()):
+        _atomic_write(lib_dir / BUILD_INFO, json.dumps(info | state, indent=1) + "\n")
 
 
 def dir_mib(path: Path) -> float:
@@ -391,13 +472,14 @@ def import_shim(root: Path, shim: Path) -> Path | None:
     The wheel maps repository folders to subpackages (pyproject's wheel.packages); a folder of
     symlinks, ``shim/maskrt``, lays them out the same way.
     """
-    if importlib.util.find_spec("maskrt") is not None:
-        return None
+    spec = importlib.util.find_spec("maskrt")
+    if spec is not None and spec.origin is not None:  # installed (a bare folder of built
+        return None  # libraries in site-packages is a namespace package: origin None)
     import tomllib
 
-    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["scikit-build"][
-        "wheel"
-    ]["packages"]
+    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["scikit-build"]["wheel"][
+        "packages"
+    ]
     shutil.rmtree(shim, ignore_errors=True)
     top = shim / "maskrt"
     top.mkdir(parents=True)
@@ -421,20 +503,36 @@ def device_facts() -> dict[str, Any]:
 
     versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     if not torch.cuda.is_available():
-        return {"gpu": False, "device": f"no CUDA GPU (torch.cuda.is_available() is False); "
-                f"{versions}", "device_short": "no GPU"}  # fmt: skip
+        return {
+            "gpu": False,
+            "device": f"no CUDA GPU (torch.cuda.is_available() is False); {versions}",
+            "device_short": "no GPU",
+        }
     props = torch.cuda.get_device_properties(0)
     driver = ""
     smi = shutil.which("nvidia-smi")
     if smi:
-        q = subprocess.run(
-            [smi, "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip().splitlines()  # fmt: skip
+        q = (
+            subprocess.run(
+                [
+                    smi,
+                    "--query-gpu=driver_version,clocks.max.sm,power.limit",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         driver = f", driver/max SM clock/power limit {q[0]}" if q else ""
+    # torch's defaults: TF32 in cuDNN convolutions, not in matmuls
+    tf32 = f"TF32 conv {torch.backends.cudnn.allow_tf32}, "
+    tf32 += f"matmul {torch.backends.cuda.matmul.allow_tf32}"
     line = (
         f"{props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB"
-        f"{driver}; CUDA {torch.version.cuda} (torch), {versions}"
+        f"{driver}; CUDA {torch.version.cuda} (torch), {versions}; {tf32}"
     )
     return {"gpu": True, "device": line, "device_short": props.name}
 
@@ -443,14 +541,30 @@ def device_facts() -> dict[str, Any]:
 # parts
 
 
-def part_tests(root: Path, out: Path, env: dict[str, str], timeout: float, gpu: bool) -> dict[str, Any]:
+def part_tests(
+    root: Path, out: Path, env: dict[str, str], timeout: float, gpu: bool
+) -> dict[str, Any]:
     """tests/test_plugin_cuda.py through pytest (a child process), counted from its JUnit XML."""
     xml = out / "kernel_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "tests/test_plugin_cuda.py", "-m", "cuda", "-q",
-           "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}"]  # fmt: skip
+    site = ["-S"] if sys.flags.no_site else []  # as this interpreter was started
+    cmd = [
+        sys.executable,
+        *site,
+        "-m",
+        "pytest",
+        "tests/test_plugin_cuda.py",
+        "-m",
+        "cuda",
+        "-q",
+        "-rA",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml}",
+    ]
     try:
-        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)  # fmt: skip
+        done = subprocess.run(
+            cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         text, rc = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as e:
         text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -475,8 +589,7 @@ def part_tests(root: Path, out: Path, env: dict[str, str], timeout: float, gpu: 
                 skip_reasons.add((skipped.get("message", "") if skipped is not None else "")[:120])
             else:
                 counts["passed"] += 1
-    result: dict[str, Any] = {"command": " ".join(cmd[1:]), "counts": counts,
-                              "failures": failures}  # fmt: skip
+    result: dict[str, Any] = {"command": " ".join(cmd[1:]), "counts": counts, "failures": failures}
     total = sum(counts.values())
     if rc is None:
         return result | {"status": "failed", "reason": f"pytest ran past {timeout:.0f} s"}
@@ -485,55 +598,92 @@ def part_tests(root: Path, out: Path, env: dict[str, str], timeout: float, gpu: 
         return result | {"status": "failed", "reason": f"pytest exit {rc}: {tail[0][:200]}"}
     if not gpu:
         why = "; ".join(sorted(skip_reasons)) or "nothing collected"
-        return result | {"status": "skipped",
-                         "reason": f"no CUDA GPU: pytest skipped {counts['skipped']} of {total} "
-                                   f"({why})"}  # fmt: skip
+        return result | {
+            "status": "skipped",
+            "reason": f"no CUDA GPU: pytest skipped {counts['skipped']} of {total} ({why})",
+        }
     if counts["passed"] == 0:
         why = "; ".join(sorted(skip_reasons)) or "nothing collected"
         return result | {"status": "failed", "reason": f"GPU present but no test ran ({why})"}
-    return result | {"status": "ok", "reason": f"{counts['passed']} passed, "
-                     f"{counts['skipped']} skipped"}  # fmt: skip
+    return result | {
+        "status": "ok",
+        "reason": f"{counts['passed']} passed, {counts['skipped']} skipped",
+    }
 
 
-def part_kernel(hw: tuple[int, int], reps: int) -> dict[str, Any]:
+Add = Callable[[dict[str, Any]], None]  # a part hands each row over as soon as it has it
+
+
+def rows_status(rows: int, errors: list[str], what: str) -> dict[str, Any]:
+    """A part's status from its rows and the units that raised (each unit runs alone, so that
+    an fp16 failure keeps the fp32 figures)."""
+    if errors:
+        return {"status": "failed", "reason": f"{len(errors)} failed: {errors[0]}"[:400],
+                "errors": errors}  # fmt: skip
+    return {"status": "ok", "reason": f"{rows} rows; {what}"}
+
+
+def guarded(errors: list[str], what: str, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)``; an exception is printed and noted in ``errors``, not raised."""
+    try:
+        fn(*args)
+    except Exception as e:
+        traceback.print_exc()
+        errors.append(f"{what}: {type(e).__name__}: {str(e)[:200]}")
+
+
+def part_kernel(hw: tuple[int, int], reps: int, add: Add) -> dict[str, Any]:
     """bench_roialign's CUDA comparison on the box and the mask pooler's workloads."""
     import bench_roialign
 
     from maskrt.plugins import MultiLevelRoIAlignFields
 
     workloads = (("box 1000 RoIs 7x7", 1000, 7), ("mask 100 RoIs 14x14", 100, 14))
-    rows = []
-    for label, num_rois, size in workloads:
+    errors: list[str] = []
+    met: list[bool] = []
+
+    def one(label: str, num_rois: int, size: int) -> None:
         feats, rois = bench_roialign.make_inputs(num_rois, 256, hw)
         fields = MultiLevelRoIAlignFields(size, 2, 0, bench_roialign.SCALES)
         got = bench_roialign.bench_cuda(feats, rois, fields, hw, reps)
         for tv, ours in zip(got[0::2], got[1::2]):
             goal = GOALS[ours.dtype]
-            rows.append({
+            met.append(ours.ratio_vs_torchvision >= goal)
+            add({
                 "workload": label, "dtype": ours.dtype, "torchvision_ms": tv.median_ms,
                 "maskrt_ms": ours.median_ms, "ratio": ours.ratio_vs_torchvision, "goal": goal,
-                "met": ours.ratio_vs_torchvision >= goal, "max_abs_diff": ours.max_abs_diff,
+                "met": met[-1], "max_abs_diff": ours.max_abs_diff,
                 "maskrt_gbytes_per_s": ours.gbytes_per_s,
             })  # fmt: skip
-    met = sum(r["met"] for r in rows)
-    return {"status": "ok", "rows": rows, "reason": f"goal met in {met} of {len(rows)} rows"}
+
+    for label, num_rois, size in workloads:
+        guarded(errors, label, one, label, num_rois, size)
+    return rows_status(len(met), errors, f"goal met in {sum(met)} of {len(met)}")
 
 
-def part_deploy(hw: tuple[int, int], dtypes: Sequence[str], reps: int, warmup: int) -> dict[str, Any]:
-    """bench_deploy_torch's three-way comparison at batch 1 on the GPU."""
+def part_deploy(
+    device: str, hw: tuple[int, int], dtypes: Sequence[str], reps: int, warmup: int, add: Add
+) -> dict[str, Any]:
+    """bench_deploy_torch's three-way comparison at batch 1 (maskrcnn_resnet50_fpn)."""
     from dataclasses import asdict
 
     import bench_deploy_torch
 
-    rows = []
+    errors: list[str] = []
+    count = 0
+
+    def one(dtype: str) -> None:
+        nonlocal count
+        rows = bench_deploy_torch.bench_dtype(device, dtype, 1, hw, reps, warmup)
+        for r in rows:
+            add(asdict(r))
+        count += len(rows)
+        if len(rows) < 3:  # bench_dtype reports a failing variant on stderr and goes on
+            errors.append(f"{dtype}: {3 - len(rows)} of 3 variants failed (see the output)")
+
     for dtype in dtypes:
-        rows += [asdict(r) for r in bench_deploy_torch.bench_dtype("cuda", dtype, 1, hw, reps,
-                                                                   warmup)]  # fmt: skip
-    expected = len(dtypes) * 3
-    if len(rows) < expected:
-        return {"status": "failed", "rows": rows,
-                "reason": f"{expected - len(rows)} of {expected} rows failed (see the log)"}  # fmt: skip
-    return {"status": "ok", "rows": rows, "reason": f"{len(rows)} rows"}
+        guarded(errors, dtype, one, dtype)
+    return rows_status(count, errors, "torchvision, deploy/reference, deploy/maskrt")
 
 
 def pipeline_once(
@@ -589,6 +739,7 @@ def part_stages(
     dtypes: Sequence[str],
     reps: int,
     warmup: int,
+    add: Add,
 ) -> dict[str, Any]:
     """Per dtype and batch: each stage's median/p90 over ``reps`` runs of the whole pipeline;
     for fp32, whether the detections equal torchvision's (validate's matching rule)."""
@@ -601,21 +752,25 @@ def part_stages(
     from maskrt.runtime.backends.torch_backend import TorchPredictor
     from maskrt.specs import build_model, default_spec
 
-    spec = default_spec(arch, box_score_thresh=0.0, min_size=hw[0]).replace(max_size=hw[1])
+    spec = default_spec(arch, box_score_thresh=0.0, min_size=hw[0], max_size=hw[1])
     images = bench_images(None, f"{hw[0]}x{hw[1]}", max(batches))
-    rows = []
-    for dtype_name in dtypes:
+    errors: list[str] = []
+    count = 0
+
+    def one(dtype_name: str) -> None:
+        nonlocal count
+        dtype = DTYPES[dtype_name]
         torch.manual_seed(0)
         model = build_model(spec)
         deploy = DeployModel(model, roi_align=maskrt_roi_align(device))
-        deploy = deploy.to(device=device, dtype=DTYPES[dtype_name]).eval()
+        deploy = deploy.to(device=device, dtype=dtype).eval()
         for b in batches:
             chunk = images[:b]
             times: dict[str, list[float]] = {s: [] for s in STAGES}
             totals = []
             dets: list[Any] = []
             for i in range(warmup + reps):
-                ms, dets = pipeline_once(chunk, spec, deploy, device, DTYPES[dtype_name])
+                ms, dets = pipeline_once(chunk, spec, deploy, device, dtype)
                 if i >= warmup:
                     for s in STAGES:
                         times[s].append(ms[s])
@@ -629,15 +784,25 @@ def part_stages(
             row["detections"] = [len(d) for d in dets]
             if dtype_name == "fp32":  # torchvision's own model on the same images: the oracle
                 ref = TorchPredictor(spec, model, device).predict(chunk)
-                same = sum(same_detections(a, r) for a, r in zip(dets, ref))
+                same = sum(1 for a, r in zip(dets, ref) if same_detections(a, r))
                 row["same_detections"] = f"{same}/{b}"
-            rows.append(row)
-            print(f"stages {device} {dtype_name} batch {b}: " + ", ".join(
-                f"{s} {row[s]['median_ms']:.1f}" for s in STAGES) + " ms", flush=True)  # fmt: skip
-    what = (f"{arch} (random weights, box_score_thresh 0: up to "
-            f"{spec.box_detections_per_img} detections per image, all masks pasted), "
-            f"{len(images)} synthetic images scaled to {hw[0]}x{hw[1]}")  # fmt: skip
-    return {"status": "ok", "rows": rows, "what": what, "reason": f"{len(rows)} rows"}
+            add(row)
+            count += 1
+            print(
+                f"stages {device} {dtype_name} batch {b}: "
+                + ", ".join(f"{s} {row[s]['median_ms']:.1f}" for s in STAGES)
+                + " ms",
+                flush=True,
+            )
+
+    for dtype_name in dtypes:
+        guarded(errors, dtype_name, one, dtype_name)
+    what = (
+        f"{arch} (random weights, box_score_thresh 0: up to "
+        f"{spec.box_detections_per_img} detections per image, all masks pasted), "
+        f"{len(images)} synthetic images scaled to {hw[0]}x{hw[1]}"
+    )
+    return rows_status(count, errors, "stage times") | {"what": what}
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,27 +811,47 @@ def part_stages(
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None,
-                   help="report folder (default: $OUT where set, else build/gpu-report)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report folder (default: $OUT where set, else build/gpu-report)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite a report already in --out")
-    p.add_argument("--build-dir", type=Path, default=ROOT / "build" / "gpu-lib",
-                   help="the native libraries (carried to the GPU machine)")
+    p.add_argument(
+        "--build-dir",
+        type=Path,
+        default=ROOT / "build" / "gpu-lib",
+        help="the native libraries (carried to the GPU machine)",
+    )
     p.add_argument("--build-only", action="store_true", help="only the build part (CPU machine)")
     p.add_argument("--rebuild", action="store_true", help="build even where a build fits")
-    p.add_argument("--cuda-arch", default="90",
-                   help="CMAKE_CUDA_ARCHITECTURES (90: H100/H200), or none: CPU library only")
+    p.add_argument(
+        "--cuda-arch",
+        default="90",
+        help="CMAKE_CUDA_ARCHITECTURES (90: H100/H200), or none: CPU library only",
+    )
     p.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
-    p.add_argument("--device", choices=["auto", "cpu"], default="auto",
-                   help="cpu: run the stage/deploy code on the CPU (a check, not figures)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu"],
+        default="auto",
+        help="cpu: run the stage/deploy code on the CPU (a check, not figures)",
+    )
     p.add_argument("--arch", default="maskrcnn_resnet50_fpn", help="model of the stages part")
     p.add_argument("--size", default="800x1344", help="network input HxW (multiples of 32)")
     p.add_argument("--batches", default="1,4", help="batch sizes of the stages part")
     p.add_argument("--dtypes", default="fp32,fp16", help="fp32, fp16 or both")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--quick", action="store_true", help="5 repetitions (kernel: 20)")
-    p.add_argument("--budget", type=float, default=420.0,
-                   help="seconds; parts that would not fit are skipped, the run ends at it")
-    return p  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds; parts that would not fit are skipped, the run ends at it",
+    )
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -678,12 +863,14 @@ def main(argv: list[str] | None = None) -> int:
         hw = parse_size(args.size)
         batches = parse_batches(args.batches)
         dtypes = parse_list(args.dtypes, ("fp32", "fp16"), "--dtypes")
-        if args.budget <= 0 or (args.reps is not None and args.reps < 1):
-            raise UsageError("--budget and --reps must be positive")
+        if args.budget <= 0 or (args.reps is not None and args.reps < 1) or args.warmup < 0:
+            raise UsageError("--budget and --reps must be positive, --warmup not negative")
         if args.cuda_arch != "none" and not all(
             a.isdigit() or a.endswith(("-real", "-virtual")) for a in args.cuda_arch.split(";")
         ):
-            raise UsageError(f"--cuda-arch wants e.g. 90 or '80;90' or none, got {args.cuda_arch!r}")
+            raise UsageError(
+                f"--cuda-arch wants e.g. 90 or '80;90' or none, got {args.cuda_arch!r}"
+            )
         out = args.out or Path(os.environ.get("OUT") or ROOT / "build" / "gpu-report")
         if (out / REPORT_JSON).exists() and not args.force:
             raise UsageError(f"{out / REPORT_JSON} exists; pass --force to overwrite it")
@@ -693,16 +880,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reps = args.reps or (5 if args.quick else 20)
     kernel_reps = args.reps or (20 if args.quick else 50)
-    warmup = 2
+    warmup = args.warmup
 
     command = "python3 benchmarks/gpu_run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = Report(out, {
-        "title": "maskrt GPU run", "command": command.strip(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": "not read yet", "device_short": "?", "machine": "", "commit": "",
-        "budget_s": args.budget, "parts": {p: {"status": "not run"} for p in parts},
-        "_t0": t0,
-    })  # fmt: skip
+    report = Report(
+        out,
+        {
+            "title": "maskrt GPU run",
+            "command": command.strip(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": "not read yet",
+            "device_short": "?",
+            "machine": "",
+            "commit": "",
+            "budget_s": args.budget,
+            "parts": {p: {"status": "not run"} for p in parts},
+            "_t0": t0,
+        },
+    )
     deadline = t0 + args.budget
 
     def watchdog() -> None:
@@ -710,54 +905,72 @@ def main(argv: list[str] | None = None) -> int:
             name = report.current or "between parts"
             if report.current:
                 report.data["parts"][report.current].update(
-                    status="stopped", reason=f"the budget of {args.budget:.0f} s ran out here")
-            report.write()  # fmt: skip
-        print(f"gpu_run: budget of {args.budget:.0f} s ran out in {name}; report in {out}",
-              flush=True)  # fmt: skip
+                    status="stopped", reason=f"the budget of {args.budget:.0f} s ran out here"
+                )
+            report.write()
+        print(
+            f"gpu_run: budget of {args.budget:.0f} s ran out in {name}; report in {out}", flush=True
+        )
         os._exit(1)
 
     timer = threading.Timer(args.budget, watchdog)
     timer.daemon = True
     timer.start()
 
-    def run_part(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+    def run_part(name: str, fn: Callable[[Add], dict[str, Any]]) -> None:
         if name not in parts:
             return
         left = deadline - time.monotonic()
         if left < PART_SECONDS[name] * (0.5 if args.quick else 1.0):
-            report.set_part(name, status="skipped",
-                            reason=f"{left:.0f} s of the budget left, the part needs "
-                                   f"~{PART_SECONDS[name]} s")  # fmt: skip
+            report.set_part(
+                name,
+                status="skipped",
+                reason=f"{left:.0f} s of the budget left, the part needs ~{PART_SECONDS[name]} s",
+            )
             print(f"{name}: skipped (budget)", flush=True)
             return
         report.current = name
         start = time.monotonic()
         print(f"{name}: running", flush=True)
+        report.set_part(name, status="running", rows=[])
+
+        def add(row: dict[str, Any]) -> None:
+            with report.lock:
+                report.data["parts"][name]["rows"].append(row)
+                report.write()
+
         try:
-            result = fn()
+            result = fn(add)
         except Exception as e:  # reported, then the next part runs
             (out / f"{name}_error.log").write_text(traceback.format_exc())
             result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
         result["seconds"] = round(time.monotonic() - start, 1)
         report.current = None
         report.set_part(name, **result)
-        print(f"{name}: {result['status']} ({result['seconds']} s) {result.get('reason', '')}",
-              flush=True)  # fmt: skip
+        print(
+            f"{name}: {result['status']} ({result['seconds']} s) {result.get('reason', '')}",
+            flush=True,
+        )
 
     # build: the libraries every other part loads
     build_log = out / "build.log"
     lib_dir = args.build_dir.resolve()
 
-    def build() -> dict[str, Any]:
+    def build(_add: Add) -> dict[str, Any]:
         ok, why = reuse_reason(ROOT, lib_dir, args.cuda_arch)
         if ok and not args.rebuild:
+            refresh_checkout_state(ROOT, lib_dir)
             return {"status": "ok", "reason": why, "reused": True, "mib": dir_mib(lib_dir)}
         print(f"build: building ({'--rebuild' if ok else why})", flush=True)
         info = cmake_build(ROOT, lib_dir, args.cuda_arch, build_log)
         note = "" if info["cuda"] == "yes" or args.cuda_arch == "none" else "; NO CUDA library"
-        return {"status": "ok", "reused": False, "mib": round(dir_mib(lib_dir), 2),
-                "reason": f"built into {lib_dir.name} for arch {args.cuda_arch} "
-                          f"({info['nvcc'] or 'no nvcc'}){note}"}  # fmt: skip
+        return {
+            "status": "ok",
+            "reused": False,
+            "mib": round(dir_mib(lib_dir), 2),
+            "reason": f"built into {lib_dir.name} for arch {args.cuda_arch} "
+            f"({info['nvcc'] or 'no nvcc'}){note}",
+        }
 
     run_part("build", build)
     info = read_build_info(lib_dir)
@@ -766,8 +979,11 @@ def main(argv: list[str] | None = None) -> int:
         report.write()
         timer.cancel()
         status = report.data["parts"]["build"]["status"]
-        print(f"build: {lib_dir} ({dir_mib(lib_dir) if lib_dir.is_dir() else 0:.1f} MiB); "
-              f"carry it as {os.path.relpath(lib_dir, ROOT)}", flush=True)  # fmt: skip
+        print(
+            f"build: {lib_dir} ({dir_mib(lib_dir) if lib_dir.is_dir() else 0:.1f} MiB); "
+            f"carry it as {os.path.relpath(lib_dir, ROOT)}",
+            flush=True,
+        )
         return 0 if status == "ok" else 1
 
     # everything below imports maskrt (from this checkout) and torch
@@ -776,16 +992,23 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if shim is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
+        # `python -m pytest` would put the working directory first on sys.path, where the
+        # repository's own maskrt/ (without its subpackages) hides the shim's (Python >= 3.11)
+        env["PYTHONSAFEPATH"] = "1"
     sys.path.insert(0, str(BENCHMARKS))
     from _timing import machine_header
+
     from maskrt.machine import machine_facts, machine_line
     from maskrt.plugins import _library
 
     facts = device_facts()
     mf = machine_facts()
     mf["commit"] = report.data["commit"]
-    report.data |= {"device": facts["device"], "device_short": facts["device_short"],
-                    "machine": machine_line(mf).removeprefix("Machine: ")}  # fmt: skip
+    report.data |= {
+        "device": facts["device"],
+        "device_short": facts["device_short"],
+        "machine": machine_line(mf).removeprefix("Machine: "),
+    }
     found = {n: _library.find(n) for n in (_library.CPU, _library.CUDA)}
     report.data["libraries"] = ", ".join(f"{n}: {p or 'not found'}" for n, p in found.items())
     report.write()
@@ -793,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {facts['device']}", flush=True)
     gpu = bool(facts["gpu"])
     cuda_lib = found[_library.CUDA] is not None
-    stage_device = "cpu" if args.device == "cpu" else ("cuda" if gpu else None)
+    stage_device = "cpu" if args.device == "cpu" else "cuda"
 
     def need_gpu(name: str) -> bool:
         """Whether a GPU part can run; if not, the part says why."""
@@ -810,18 +1033,22 @@ def main(argv: list[str] | None = None) -> int:
         return True
 
     timeout = max(10.0, min(PART_SECONDS["tests"] * 3, deadline - time.monotonic() - 5))
-    run_part("tests", lambda: part_tests(ROOT, out, env, timeout, gpu))
+    run_part("tests", lambda _add: part_tests(ROOT, out, env, timeout, gpu))
     if need_gpu("kernel"):
-        run_part("kernel", lambda: part_kernel(hw, kernel_reps))
-    if args.device == "cpu" and "deploy" in parts:
-        report.set_part("deploy", status="skipped",
-                        reason="GPU only (bench_deploy_torch.py --device cpu is its CPU run)")  # fmt: skip
-    elif need_gpu("deploy"):
-        run_part("deploy", lambda: part_deploy(hw, dtypes, max(5, reps // 2), warmup))
+        run_part("kernel", lambda add: part_kernel(hw, kernel_reps, add))
+    if stage_device == "cpu" or need_gpu("deploy"):
+        deploy_reps = max(5, reps // 2) if stage_device == "cuda" else reps
+        run_part(
+            "deploy",
+            lambda add: part_deploy(stage_device, hw, dtypes, deploy_reps, warmup, add),
+        )
     if stage_device == "cpu" or need_gpu("stages"):
-        assert stage_device is not None
-        run_part("stages", lambda: part_stages(stage_device, args.arch, hw, batches, dtypes,
-                                               reps, warmup))  # fmt: skip
+        run_part(
+            "stages",
+            lambda add: part_stages(
+                stage_device, args.arch, hw, batches, dtypes, reps, warmup, add
+            ),
+        )
     timer.cancel()
     report.write()
     print_summary(report.data)
@@ -836,14 +1063,18 @@ def print_summary(r: dict[str, Any]) -> None:
     for name, p in r["parts"].items():
         print(f"{name:<7} {p.get('status', 'not run'):<8} {p.get('reason', '')}")
     for k in r["parts"].get("kernel", {}).get("rows", []):
-        print(f"kernel  {k['workload']:<20} {k['dtype']} tv {k['torchvision_ms']:.3f} ms, maskrt "
-              f"{k['maskrt_ms']:.3f} ms: {k['ratio']:.2f}x (goal {k['goal']:g}x "
-              f"{'met' if k['met'] else 'NOT met'}), max diff {k['max_abs_diff']:.1e}")  # fmt: skip
+        print(
+            f"kernel  {k['workload']:<20} {k['dtype']} tv {k['torchvision_ms']:.3f} ms, maskrt "
+            f"{k['maskrt_ms']:.3f} ms: {k['ratio']:.2f}x (goal {k['goal']:g}x "
+            f"{'met' if k['met'] else 'NOT met'}), max diff {k['max_abs_diff']:.1e}"
+        )
     for s in r["parts"].get("stages", {}).get("rows", []):
-        print(f"stages  {s['device']} {s['dtype']} b{s['batch']}: " + " ".join(
-            f"{st} {s[st]['median_ms']:.1f}" for st in STAGES)
+        print(
+            f"stages  {s['device']} {s['dtype']} b{s['batch']}: "
+            + " ".join(f"{st} {s[st]['median_ms']:.1f}" for st in STAGES)
             + f" = {s['total_median_ms']:.1f} ms, host {100 * s['host_share']:.0f} %, "
-            f"same {s.get('same_detections', '-')}")  # fmt: skip
+            f"same {s.get('same_detections', '-')}"
+        )
 
 
 if __name__ == "__main__":
