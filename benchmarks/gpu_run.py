@@ -19,11 +19,15 @@ Meant for the lent GPU machine (H100/H200, torch and nvcc, no TensorRT, no netwo
           post-processing (mask pasting), each timed alone (wall clock, synchronised).
 
 Writes ``gpu_report.json`` and ``gpu_report.md`` (device line, command, date, commit; the
-Markdown is meant for BENCHMARKS.md) into ``--out`` after every part, plus the build and pytest
-logs. A watchdog ends the run at ``--budget`` seconds with whatever the report holds.
+Markdown is meant for BENCHMARKS.md) into ``--out`` after every part and every row, plus
+``build.log`` (when it builds), ``kernel_tests.log``/``.xml`` and ``errors.log`` (tracebacks):
+six files at most, within what the device tool brings back. A part starts only with its
+expected time (PART_SECONDS) left of ``--budget``; a watchdog ends the run at ``--budget``
+seconds with whatever the report holds. Where maskrt is not installed (the GPU machine), it is
+imported from this checkout through a folder of symlinks laid out like the wheel.
 
-    python benchmarks/gpu_run.py --build-only      # here, on the CPU machine: build/gpu-lib
-    # then through the device tool, with carry=["build/gpu-lib"]:
+    python benchmarks/gpu_run.py --build-only      # on the CPU machine: build/gpu-lib, ~1 MiB
+    # then on the GPU machine (README.md, "On a GPU": the device tool's call, carry included)
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py --out $OUT
     python benchmarks/gpu_run.py --quick           # fewer repetitions
     python benchmarks/gpu_run.py --device cpu --parts stages --arch demo_maskrcnn --size 128x160
@@ -932,17 +936,18 @@ def main(argv: list[str] | None = None) -> int:
         report.current = name
         start = time.monotonic()
         print(f"{name}: running", flush=True)
-        report.set_part(name, status="running", rows=[])
+        report.set_part(name, status="running")
 
         def add(row: dict[str, Any]) -> None:
             with report.lock:
-                report.data["parts"][name]["rows"].append(row)
+                report.data["parts"][name].setdefault("rows", []).append(row)
                 report.write()
 
         try:
             result = fn(add)
         except Exception as e:  # reported, then the next part runs
-            (out / f"{name}_error.log").write_text(traceback.format_exc())
+            with open(out / "errors.log", "a") as log:  # one file: the device returns 8 at most
+                log.write(f"== {name}\n{traceback.format_exc()}\n")
             result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
         result["seconds"] = round(time.monotonic() - start, 1)
         report.current = None
