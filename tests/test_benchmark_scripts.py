@@ -6,6 +6,8 @@ Smoke runs only: the figures go to BENCHMARKS.md, never into an assertion.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +169,26 @@ def test_gpu_run_on_the_cpu_builds_skips_the_gpu_parts_and_reports(tmp_path: Pat
     r = _run("gpu_run.py", "--out", str(tmp_path / "other"), "--size", "100x100")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--size" in r.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_readme_gpu_commands_match_the_script() -> None:
+    """README's "On a GPU" calls: the options parse, the carried folder is the one the build
+    step writes, and the device call's time limit leaves the script's budget room to end."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import gpu_run
+
+    text = (BENCHMARKS.parent / "README.md").read_text()
+    section = text.split("## On a GPU", 1)[1].split("\n## ", 1)[0]
+    build = re.search(r"^python benchmarks/gpu_run\.py ([^#\n]*)", section, re.M)
+    call = re.search(r'run\(command="([^"]+)",\s*carry=\[([^\]]*)\], timeout_s=(\d+)\)', section)
+    assert build and call, section
+    built = gpu_run.make_parser().parse_args(shlex.split(build.group(1)))
+    assert built.build_only
+    words = shlex.split(call.group(1))
+    script = words.index("benchmarks/gpu_run.py")
+    assert words[script - 1] == "python3"  # the GPU machine's interpreter with torch
+    args = gpu_run.make_parser().parse_args(words[script + 1 :])
+    carried = [c.strip().strip('"') for c in call.group(2).split(",")]
+    assert carried == [str(built.build_dir.relative_to(BENCHMARKS.parent))]
+    assert args.build_dir == built.build_dir
+    assert args.budget + 30 <= int(call.group(3)) <= 600  # the device tool's longest command
