@@ -60,7 +60,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 PARTS = ("build", "tests", "kernel", "deploy", "stages")
-GPU_PARTS = ("tests", "kernel", "deploy", "stages")
 GOALS = {"fp32": 3.0, "fp16": 5.0}  # RoIAlign call, torchvision time / maskrt time (issue 32)
 STAGES = ("pre", "h2d", "infer", "d2h", "post")
 # Seconds a part is expected to need on an H100 (guesses until the first run measures them):
