@@ -221,6 +221,51 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+Column = tuple[str, Callable[[dict[str, Any]], Any]]  # header, cell of a row
+
+
+def _key(name: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row.get(name)
+
+
+def rows_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> str:
+    return md_table([c[0] for c in columns], [[cell(r) for _, cell in columns] for r in rows])
+
+
+KERNEL_TABLE: tuple[Column, ...] = (
+    ("workload", _key("workload")),
+    ("dtype", _key("dtype")),
+    ("torchvision ms", _key("torchvision_ms")),
+    ("maskrt ms", _key("maskrt_ms")),
+    ("ratio", _key("ratio")),
+    ("goal", lambda k: f"≥ {k['goal']:g}×"),
+    ("met", lambda k: "yes" if k["met"] else "no"),
+    ("max abs diff", _key("max_abs_diff")),
+    ("maskrt GB/s", _key("maskrt_gbytes_per_s")),
+)
+DEPLOY_TABLE: tuple[Column, ...] = (
+    ("dtype", _key("dtype")),
+    ("impl", _key("impl")),
+    ("median ms", _key("median_ms")),
+    ("p90 ms", _key("p90_ms")),
+    ("tv/row", _key("ratio_vs_torchvision")),
+    ("peak MiB", _key("peak_mem_mib")),
+    ("max Δscore", _key("max_score_diff")),
+    ("max Δbox", _key("max_box_diff")),
+)
+STAGE_TABLE: tuple[Column, ...] = (
+    ("device", _key("device")),
+    ("dtype", _key("dtype")),
+    ("batch", _key("batch")),
+    *((st, lambda s, st=st: s[st]["median_ms"]) for st in STAGES),
+    ("total", _key("total_median_ms")),
+    ("img/s", _key("images_per_s")),
+    ("host share", lambda s: f"{100 * s['host_share']:.0f} %"),
+    ("detections", lambda s: "/".join(map(str, s["detections"]))),
+    ("same as torchvision", _key("same_detections")),
+)
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The report as a BENCHMARKS.md section."""
     out = [
@@ -253,100 +298,16 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{c['errors']} errors, {c['skipped']} skipped.",
         ]
         out += [f"- FAILED {f}" for f in tests.get("failures", [])]
-    kernel = r["parts"].get("kernel", {})
-    if kernel.get("rows"):
-        out += ["", "RoIAlign, one call (CUDA events, median of the repetitions):", ""]
-        out.append(
-            md_table(
-                [
-                    "workload",
-                    "dtype",
-                    "torchvision ms",
-                    "maskrt ms",
-                    "ratio",
-                    "goal",
-                    "met",
-                    "max abs diff",
-                    "maskrt GB/s",
-                ],
-                [
-                    [
-                        k["workload"],
-                        k["dtype"],
-                        k["torchvision_ms"],
-                        k["maskrt_ms"],
-                        k["ratio"],
-                        f"≥ {k['goal']:g}×",
-                        "yes" if k["met"] else "no",
-                        k["max_abs_diff"],
-                        k["maskrt_gbytes_per_s"],
-                    ]
-                    for k in kernel["rows"]
-                ],
-            )
-        )
-    deploy = r["parts"].get("deploy", {})
-    if deploy.get("rows"):
-        out += ["", "Deploy model vs torchvision eager, from the padded batch (batch 1):", ""]
-        out.append(
-            md_table(
-                [
-                    "dtype",
-                    "impl",
-                    "median ms",
-                    "p90 ms",
-                    "tv/row",
-                    "peak MiB",
-                    "max Δscore",
-                    "max Δbox",
-                ],
-                [
-                    [
-                        d["dtype"],
-                        d["impl"],
-                        d["median_ms"],
-                        d["p90_ms"],
-                        d["ratio_vs_torchvision"],
-                        d["peak_mem_mib"],
-                        d["max_score_diff"],
-                        d["max_box_diff"],
-                    ]
-                    for d in deploy["rows"]
-                ],
-            )
-        )
-    stages = r["parts"].get("stages", {})
-    if stages.get("rows"):
-        out += ["", f"Stages, {stages.get('what', '')} (median ms over the repetitions):", ""]
-        out.append(
-            md_table(
-                [
-                    "device",
-                    "dtype",
-                    "batch",
-                    *STAGES,
-                    "total",
-                    "img/s",
-                    "host share",
-                    "detections",
-                    "same as torchvision",
-                ],
-                [
-                    [
-                        s["device"],
-                        s["dtype"],
-                        s["batch"],
-                        *[s[st]["median_ms"] for st in STAGES],
-                        s["total_median_ms"],
-                        s["images_per_s"],
-                        f"{100 * s['host_share']:.0f} %",
-                        "/".join(map(str, s["detections"])),
-                        s.get("same_detections", "–"),
-                    ]
-                    for s in stages["rows"]
-                ],
-            )
-        )
+    sections = (
+        ("kernel", KERNEL_TABLE, "RoIAlign, one call (CUDA events, median of the repetitions)"),
+        ("deploy", DEPLOY_TABLE, "Deploy model vs torchvision eager, batch 1, padded input"),
+        ("stages", STAGE_TABLE, "Stages, {what} (median ms over the repetitions)"),
+    )
+    for name, columns, title in sections:
+        part = r["parts"].get(name, {})
+        if part.get("rows"):
+            out += ["", title.format(what=part.get("what", "")) + ":", ""]
+            out.append(rows_table(columns, part["rows"]))
     return "\n".join(out) + "\n"
 
 
