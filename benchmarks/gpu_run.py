@@ -961,8 +961,6 @@ def main(argv: list[str] | None = None) -> int:
         # repository's own maskrt/ (without its subpackages) hides the shim's (Python >= 3.11)
         env["PYTHONSAFEPATH"] = "1"
     sys.path.insert(0, str(BENCHMARKS))
-    from _timing import machine_header
-
     from maskrt.machine import machine_facts, machine_line
     from maskrt.plugins import _library
 
@@ -977,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
     found = {n: _library.find(n) for n in (_library.CPU, _library.CUDA)}
     report.data["libraries"] = ", ".join(f"{n}: {p or 'not found'}" for n, p in found.items())
     report.write()
-    print(machine_header(), flush=True)
+    print(f"Machine: {report.data['machine']}", flush=True)
     print(f"device: {facts['device']}", flush=True)
     gpu = bool(facts["gpu"])
     cuda_lib = found[_library.CUDA] is not None
