@@ -45,6 +45,7 @@ SCALES = (0.25, 0.125, 0.0625, 0.03125)
 class Row(TimingRow):
     ratio_vs_torchvision: float
     gbytes_per_s: float
+    max_abs_diff: float | None = None  # to torchvision's output (maskrt rows)
 
 
 def make_inputs(
@@ -101,7 +102,7 @@ def bench_cpu(
     nbytes = traffic_bytes(feats, rois, out.size, 4)
     return [
         Row("cpu", "fp32", "torchvision", ref_ms, 1.0, nbytes / ref_ms / 1e6),
-        Row("cpu", "fp32", "maskrt", ours_ms, ref_ms / ours_ms, nbytes / ours_ms / 1e6),
+        Row("cpu", "fp32", "maskrt", ours_ms, ref_ms / ours_ms, nbytes / ours_ms / 1e6, err),
     ]
 
 
@@ -129,7 +130,7 @@ def bench_cuda(
         nbytes = traffic_bytes(cf, cr, out.numel(), cf[0].element_size())
         rows += [
             Row("cuda", label, "torchvision", ref_ms, 1.0, nbytes / ref_ms / 1e6),
-            Row("cuda", label, "maskrt", ours_ms, ref_ms / ours_ms, nbytes / ours_ms / 1e6),
+            Row("cuda", label, "maskrt", ours_ms, ref_ms / ours_ms, nbytes / ours_ms / 1e6, err),
         ]
     return rows
 

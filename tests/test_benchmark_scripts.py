@@ -6,11 +6,14 @@ Smoke runs only: the figures go to BENCHMARKS.md, never into an assertion.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from _roialign_cases import FP32_TOL
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -113,3 +116,79 @@ def test_detection_differences_explains_each_image() -> None:
     # the deploy graph finds torchvision's objects, paired one to one within a fraction of a px
     assert "validate's rule: True" in line, line
     assert float(line.split("pairs differ by <= ")[1].split()[0]) < 0.5, line
+
+
+STAGES = ("pre", "h2d", "infer", "d2h", "post")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run where the GPU parts skip")
+def test_gpu_run_on_the_cpu_builds_skips_the_gpu_parts_and_reports(tmp_path: Path) -> None:
+    """gpu_run.py's CPU side: the build step (CPU library only, to stay fast), the kernel tests
+    collected through that build and skipped, the GPU parts saying they are skipped, the stage
+    code run on the CPU and checked against torchvision's own model, the report; then the
+    build reused, and bad input refused in one line."""
+    lib, out = tmp_path / "lib", tmp_path / "report"
+    common = ["--build-dir", str(lib), "--cuda-arch", "none"]
+    r = _run("gpu_run.py", "--out", str(out), *common, "--device", "cpu",
+             "--parts", "build,tests,kernel,stages", "--arch", "demo_maskrcnn",
+             "--size", "128x160", "--batches", "1,2", "--dtypes", "fp32",
+             "--reps", "1", "--warmup", "0")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kernel: skipped: no CUDA GPU" in r.stdout
+    report = json.loads((out / "gpu_report.json").read_text())
+    parts = report["parts"]
+    assert parts["build"]["status"] == "ok" and parts["build"]["reused"] is False
+    info = json.loads((lib / "build_info.json").read_text())
+    assert info["cuda"] == "no" and (lib / "libmaskrt_roialign_cpu.so").is_file()
+    tests = parts["tests"]
+    assert tests["status"] == "skipped", tests
+    assert tests["counts"]["skipped"] >= 1 and tests["counts"]["errors"] == 0, tests
+    rows = parts["stages"]["rows"]
+    assert [row["batch"] for row in rows] == [1, 2]
+    for row in rows:
+        assert all(row[s]["median_ms"] > 0 for s in STAGES), row
+        # one repetition: the total is the sum of its stages
+        assert row["total_median_ms"] == pytest.approx(sum(row[s]["median_ms"] for s in STAGES))
+        assert len(row["detections"]) == row["batch"] and min(row["detections"]) > 0
+        # maskrt's runtime around the deploy model finds what torchvision's model finds
+        assert row["same_detections"] == f"{row['batch']}/{row['batch']}", row
+    md = (out / "gpu_report.md").read_text()
+    assert report["device"] in md and report["commit"] in md and "gpu_run.py --out" in md
+    assert "| cpu | fp32 | 2 |" in md
+
+    r = _run("gpu_run.py", "--out", str(out), "--force", *common,
+             "--parts", "build,kernel,deploy,stages")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    parts = json.loads((out / "gpu_report.json").read_text())["parts"]
+    assert parts["build"]["reused"] is True, parts["build"]
+    for name in ("kernel", "deploy", "stages"):
+        assert parts[name]["status"] == "skipped" and f"{name}: skipped: no CUDA GPU" in r.stdout
+
+    r = _run("gpu_run.py", "--out", str(out), *common, "--parts", "build")
+    assert r.returncode == 2 and "pass --force" in r.stderr and "Traceback" not in r.stderr
+    r = _run("gpu_run.py", "--out", str(tmp_path / "other"), "--size", "100x100")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--size" in r.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_readme_gpu_commands_match_the_script() -> None:
+    """README's "On a GPU" calls: the options parse, the carried folder is the one the build
+    step writes, and the device call's time limit leaves the script's budget room to end."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import gpu_run
+
+    text = (BENCHMARKS.parent / "README.md").read_text()
+    section = text.split("## On a GPU", 1)[1].split("\n## ", 1)[0]
+    build = re.search(r"^python benchmarks/gpu_run\.py ([^#\n]*)", section, re.M)
+    call = re.search(r'run\(command="([^"]+)",\s*carry=\[([^\]]*)\], timeout_s=(\d+)\)', section)
+    assert build and call, section
+    built = gpu_run.make_parser().parse_args(shlex.split(build.group(1)))
+    assert built.build_only
+    words = shlex.split(call.group(1))
+    script = words.index("benchmarks/gpu_run.py")
+    assert words[script - 1] == "python3"  # the GPU machine's interpreter with torch
+    args = gpu_run.make_parser().parse_args(words[script + 1 :])
+    carried = [c.strip().strip('"') for c in call.group(2).split(",")]
+    assert carried == [str(built.build_dir.relative_to(BENCHMARKS.parent))]
+    assert args.build_dir == built.build_dir
+    assert args.budget + 30 <= int(call.group(3)) <= 600  # the device tool's longest command
