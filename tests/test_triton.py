@@ -121,6 +121,19 @@ def _request(client_module: object, data: bytes) -> list[object]:
     return [inp]
 
 
+# What a client error (Triton's INVALID_ARG) reads as on each protocol
+CLIENT_ERROR = {"tritonclient.http": "400", "tritonclient.grpc": "StatusCode.INVALID_ARGUMENT"}
+
+
+def _refusal(client: object, module: object, model: str, data: bytes) -> tuple[str, str]:
+    """(status, message) of the error a request of ``data`` gets; fails if it is answered."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, _request(module, data))  # type: ignore[attr-defined]
+    return str(caught.value.status()), str(caught.value.message())
+
+
 def _detections(result: object) -> Detections:
     """A response -> Detections (masks decoded from the RLE document)."""
     from pycocotools import mask as mask_utils
@@ -162,7 +175,12 @@ def test_request_and_response_tensors_outside_triton(heldout_dataset: Path) -> N
     """The python detector's tensor conversions, against read_image and maskrt.coco."""
     from maskrt.coco import encode_mask
     from maskrt.errors import MaskrtError
-    from maskrt.runtime.triton.python_model import decode_request, encode_response
+    from maskrt.runtime.triton.python_model import (
+        RequestError,
+        decode_request,
+        encode_response,
+        error_status,
+    )
 
     path = sorted(split_paths(heldout_dataset, "val")[0].glob("*.png"))[0]
     data = np.frombuffer(path.read_bytes(), np.uint8).reshape(1, -1)
@@ -173,8 +191,12 @@ def test_request_and_response_tensors_outside_triton(heldout_dataset: Path) -> N
         (data[:, :0], "no bytes"),
         (data[:, : data.shape[1] // 2], "cannot read"),
     ]:
-        with pytest.raises(MaskrtError, match=message):
+        with pytest.raises(RequestError, match=message) as caught:
             decode_request(bad)
+        assert error_status(caught.value) == ("INVALID_ARG", str(caught.value))
+    # failures that are not the client's stay server errors
+    assert error_status(MaskrtError("no spec")) == ("INTERNAL", "no spec")
+    assert error_status(KeyError("boxes")) == ("INTERNAL", "KeyError: 'boxes'")
     masks = np.zeros((2, 5, 6), bool)
     masks[0, 1:3, 2:4] = True
     dets = Detections(np.ones((2, 4), np.float32), np.asarray([0.9, 0.4], np.float32),
@@ -281,7 +303,11 @@ def _png_claiming(width: int, height: int) -> bytes:
 def test_bad_requests_fail_alone_and_the_server_keeps_serving(
     served: tuple[TritonServer, Path], heldout_dataset: Path
 ) -> None:
+    """Requests that are the client's fault get a client error (HTTP 400, gRPC INVALID_ARGUMENT,
+    not INTERNAL) of their own, with the reason; the good requests batched with them are
+    answered."""
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     server, _ = served
@@ -290,40 +316,46 @@ def test_bad_requests_fail_alone_and_the_server_keeps_serving(
     jpeg = io.BytesIO()
     Image.open(io.BytesIO(good)).convert("RGB").save(jpeg, format="JPEG")
     bad = {
-        "not an image": b"hello, triton",
-        "no bytes": b"",
-        "too large": _png_claiming(20000, 20000),
-        "truncated JPEG": jpeg.getvalue()[: len(jpeg.getvalue()) // 3],
+        "not an image": (b"hello, triton", "cannot read"),
+        "no bytes": (b"", "no bytes"),
+        "too large": (_png_claiming(20000, 20000), "megapixels"),
+        "truncated JPEG": (jpeg.getvalue()[: len(jpeg.getvalue()) // 3], "cannot read"),
     }
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
 
-    def send(data: bytes) -> str:
+    def send(data: bytes) -> tuple[str, str]:
         own = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         try:
             own.infer("maskrt", _request(grpcclient, data))
-            return "ok"
+            return "ok", ""
         except InferenceServerException as e:
-            return str(e)
+            return str(e.status()), str(e.message())
 
     # the bad ones in the middle of good ones, sent together so that they share batches
-    batch = [good] * 3 + list(bad.values()) + [good] * 3
+    batch = [good] * 3 + [data for data, _ in bad.values()] + [good] * 3
     with ThreadPoolExecutor(len(batch)) as pool:
         answers = list(pool.map(send, batch))
-    assert answers[:3] == ["ok"] * 3 and answers[-3:] == ["ok"] * 3
-    for (what, _), answer in zip(bad.items(), answers[3:-3]):
-        assert answer != "ok", what
-    assert "megapixels" in answers[5] and "cannot read" in answers[3]
+    assert answers[:3] == [("ok", "")] * 3 and answers[-3:] == [("ok", "")] * 3
+    for (what, (_, reason)), (status, message) in zip(bad.items(), answers[3:-3]):
+        assert status == CLIENT_ERROR["tritonclient.grpc"] and reason in message, (what, status)
+    # and over HTTP: 400, not 500
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    for what, (data, reason) in bad.items():
+        status, message = _refusal(http, httpclient, "maskrt", data)
+        assert status == CLIENT_ERROR["tritonclient.http"] and reason in message, (what, status)
     # wrong dtype and wrong shape are refused by Triton or by the model, one request each
     wrong_type = grpcclient.InferInput("image", [1, 1], "FP32")
     wrong_type.set_data_from_numpy(np.zeros((1, 1), np.float32))
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException) as caught:
         client.infer("maskrt", [wrong_type])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     two = np.frombuffer(good, np.uint8).reshape(1, -1).repeat(2, axis=0)  # 2 images, 1 request
     wrong_shape = grpcclient.InferInput("image", list(two.shape), "UINT8")
     wrong_shape.set_data_from_numpy(two)
-    with pytest.raises(InferenceServerException, match="one image per request"):
+    with pytest.raises(InferenceServerException, match="one image per request") as caught:
         client.infer("maskrt", [wrong_shape])
-    assert send(good) == "ok" and server.ready()  # still serving
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert send(good) == ("ok", "") and server.ready()  # still serving
 
 
 def test_serve_runs_until_sigterm_and_stops_cleanly(
@@ -557,9 +589,8 @@ def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert inferences == 48 and executions < inferences, (inferences, executions)
 
-    from tritonclient.utils import InferenceServerException
-
-    with pytest.raises(InferenceServerException, match="cannot read"):
-        grpc.infer("maskrt", _request(grpcclient, b"hello, triton"))
+    for module, client in ((httpclient, http), (grpcclient, grpc)):  # a client error, not 500
+        status, message = _refusal(client, module, "maskrt", b"hello, triton")
+        assert status == CLIENT_ERROR[module.__name__] and "cannot read" in message, status
     got = _detections(grpc.infer("maskrt", _request(grpcclient, encoded[0])))
     assert to_coco_results(1, got) == to_coco_results(1, expected[0])  # still serving

@@ -22,8 +22,9 @@ Tensors, after Triton's batch dimension (always 1 per request)::
 
 No BYTES tensors: they cannot cross the Python backend's stub by DLPack, and its numpy path is
 broken under numpy 2 (see :mod:`.python_model`). A request that fails (bytes that are no
-image, an image too large) gets an error response of its own; the other requests of the batch
-are answered.
+image, an image too large) gets an error response of its own, a client error (INVALID_ARG: HTTP
+400, gRPC INVALID_ARGUMENT; INTERNAL is left for maskrt's own failures); the other requests of
+the batch are answered.
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ def _readme(name: str, spec: ModelSpec, artifact: Path, max_batch: int, instance
     lines += [
         "",
         "One image per request (batch dimension 1); Triton batches requests. A request that",
-        "fails (not an image, too large) gets its own error response; the other requests",
-        "batched with it are answered.",
+        "fails (not an image, too large) gets its own error response, HTTP 400 / gRPC",
+        "INVALID_ARGUMENT; the other requests batched with it are answered.",
         "",
     ]
     return "\n".join(lines)
