@@ -44,6 +44,17 @@ if TYPE_CHECKING:
 REQUEST_INPUT = "image"
 DETECTORS = ("auto", "python", "onnxruntime", "tensorrt")
 SPEC_FILE = "maskrt_spec.json"  # the model spec beside a pre/post-processing model
+PLUGIN_LIBRARY = "libmaskrt_roialign_trt.so"  # the TensorRT plugin's name when this build has none
+
+
+def plugin_folder(name: str) -> str:
+    """The repository folder holding the TensorRT plugin library of ensemble ``name``: its
+    detector model's folder, beside config.pbtxt. Triton takes every folder of the repository's
+    root for a model (a ``plugins/`` folder there stops the server at start) and only the
+    numeric folders inside a model's folder for versions; plain files there it leaves alone."""
+    from .ensemble import STEP_SUFFIXES
+
+    return name + STEP_SUFFIXES[1]
 
 
 # Repository-side file of the Python-backend model: the real code is maskrt.runtime.triton's
@@ -181,18 +192,22 @@ def _ensemble_readme(
         "",
     ]
     if facts.uses_plugins:
+        folder = plugin_folder(name)
+        library = plugin.name if plugin is not None else PLUGIN_LIBRARY
+        where = f"/models/{folder}/{library}"
         if plugin is not None:
-            where = f"/models/plugins/{plugin.name}"
-            lines.append(f"The engine uses maskrt's RoIAlign plugin: `plugins/{plugin.name}`.")
+            lines.append(f"The engine uses maskrt's RoIAlign plugin: `{folder}/{library}`.")
         else:
-            where = "/models/plugins/libmaskrt_roialign_trt.so"
             lines.append(
                 "The engine uses maskrt's RoIAlign plugin, and this machine has no build of it: "
-                "build maskrt with TensorRT (plugins/README.md) and put it in `plugins/`."
+                f"build maskrt with TensorRT (plugins/README.md) and put `{library}` in "
+                f"`{folder}/`."
             )
         lines.append(
-            "TensorRT's backend loads it from `--backend-config`; `LD_PRELOAD` would open it "
-            "before TensorRT's plugin registry exists."
+            "It sits beside the detector's config.pbtxt, where Triton looks for no model (every "
+            "folder of the repository's root is a model to Triton, and a `plugins/` folder there "
+            "stops it at start). TensorRT's backend loads it from `--backend-config`; "
+            "`LD_PRELOAD` would open it before TensorRT's plugin registry exists."
         )
         lines.append("")
         backend_config = f" --backend-config=tensorrt,plugins={where}"
@@ -316,8 +331,7 @@ def _write_ensemble(
 
         plugin = plugin_library_path()
         if plugin is not None:
-            (root / "plugins").mkdir(exist_ok=True)
-            shutil.copy2(plugin, root / "plugins" / plugin.name)
+            shutil.copy2(plugin, root / plugin_folder(name) / plugin.name)
     atomic_write_text(
         root / "README.md", _ensemble_readme(name, detector, facts, src, instances, plugin)
     )
