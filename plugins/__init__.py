@@ -36,6 +36,10 @@ def plugin_library_path() -> Path | None:
     return _library.find(_library.TENSORRT)
 
 
+# File name of the self-registering library, for those who write where it goes (Triton).
+PLUGIN_AUTOREG_LIBRARY = _library._file_name(_library.TENSORRT_AUTOREG)
+
+
 def plugin_autoreg_library_path() -> Path | None:
     """Path of the self-registering TensorRT plugin library
     (``libmaskrt_roialign_trt_autoreg.so``: linked to libnvinfer, registers its creators when
@@ -62,6 +66,7 @@ __all__ = [
     "multilevel_roi_align_cuda",
     "ort_session",
     "ort_session_options",
+    "PLUGIN_AUTOREG_LIBRARY",
     "plugin_autoreg_library_path",
     "plugin_library_path",
     "roi_align_single",

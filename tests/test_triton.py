@@ -89,7 +89,9 @@ def served(
     written = CliRunner().invoke(main, ["triton", str(graph), "-o", str(repo), "--max-batch", "8"])
     assert written.exit_code == 0, written.output
     assert (repo / "README.md").is_file() and (repo / "maskrt" / "1" / "model.onnx").is_file()
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "maskrt"]
     with _running(triton_home, repo) as server:
+        assert "Poll failed" not in server.log_path.read_text(errors="replace")
         yield server, graph
 
 
@@ -119,6 +121,19 @@ def _request(client_module: object, data: bytes) -> list[object]:
     inp = client_module.InferInput("image", list(tensor.shape), "UINT8")  # type: ignore[attr-defined]
     inp.set_data_from_numpy(tensor)
     return [inp]
+
+
+# What a client error (Triton's INVALID_ARG) reads as on each protocol
+CLIENT_ERROR = {"tritonclient.http": "400", "tritonclient.grpc": "StatusCode.INVALID_ARGUMENT"}
+
+
+def _refusal(client: object, module: object, model: str, data: bytes) -> tuple[str, str]:
+    """(status, message) of the error a request of ``data`` gets; fails if it is answered."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, _request(module, data))  # type: ignore[attr-defined]
+    return str(caught.value.status()), str(caught.value.message())
 
 
 def _detections(result: object) -> Detections:
@@ -162,7 +177,12 @@ def test_request_and_response_tensors_outside_triton(heldout_dataset: Path) -> N
     """The python detector's tensor conversions, against read_image and maskrt.coco."""
     from maskrt.coco import encode_mask
     from maskrt.errors import MaskrtError
-    from maskrt.runtime.triton.python_model import decode_request, encode_response
+    from maskrt.runtime.triton.python_model import (
+        RequestError,
+        decode_request,
+        encode_response,
+        error_status,
+    )
 
     path = sorted(split_paths(heldout_dataset, "val")[0].glob("*.png"))[0]
     data = np.frombuffer(path.read_bytes(), np.uint8).reshape(1, -1)
@@ -173,8 +193,12 @@ def test_request_and_response_tensors_outside_triton(heldout_dataset: Path) -> N
         (data[:, :0], "no bytes"),
         (data[:, : data.shape[1] // 2], "cannot read"),
     ]:
-        with pytest.raises(MaskrtError, match=message):
+        with pytest.raises(RequestError, match=message) as caught:
             decode_request(bad)
+        assert error_status(caught.value) == ("INVALID_ARG", str(caught.value))
+    # failures that are not the client's stay server errors
+    assert error_status(MaskrtError("no spec")) == ("INTERNAL", "no spec")
+    assert error_status(KeyError("boxes")) == ("INTERNAL", "KeyError: 'boxes'")
     masks = np.zeros((2, 5, 6), bool)
     masks[0, 1:3, 2:4] = True
     dets = Detections(np.ones((2, 4), np.float32), np.asarray([0.9, 0.4], np.float32),
@@ -281,7 +305,11 @@ def _png_claiming(width: int, height: int) -> bytes:
 def test_bad_requests_fail_alone_and_the_server_keeps_serving(
     served: tuple[TritonServer, Path], heldout_dataset: Path
 ) -> None:
+    """Requests that are the client's fault get a client error (HTTP 400, gRPC INVALID_ARGUMENT,
+    not INTERNAL) of their own, with the reason; the good requests batched with them are
+    answered."""
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     server, _ = served
@@ -290,40 +318,46 @@ def test_bad_requests_fail_alone_and_the_server_keeps_serving(
     jpeg = io.BytesIO()
     Image.open(io.BytesIO(good)).convert("RGB").save(jpeg, format="JPEG")
     bad = {
-        "not an image": b"hello, triton",
-        "no bytes": b"",
-        "too large": _png_claiming(20000, 20000),
-        "truncated JPEG": jpeg.getvalue()[: len(jpeg.getvalue()) // 3],
+        "not an image": (b"hello, triton", "cannot read"),
+        "no bytes": (b"", "no bytes"),
+        "too large": (_png_claiming(20000, 20000), "megapixels"),
+        "truncated JPEG": (jpeg.getvalue()[: len(jpeg.getvalue()) // 3], "cannot read"),
     }
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
 
-    def send(data: bytes) -> str:
+    def send(data: bytes) -> tuple[str, str]:
         own = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         try:
             own.infer("maskrt", _request(grpcclient, data))
-            return "ok"
+            return "ok", ""
         except InferenceServerException as e:
-            return str(e)
+            return str(e.status()), str(e.message())
 
     # the bad ones in the middle of good ones, sent together so that they share batches
-    batch = [good] * 3 + list(bad.values()) + [good] * 3
+    batch = [good] * 3 + [data for data, _ in bad.values()] + [good] * 3
     with ThreadPoolExecutor(len(batch)) as pool:
         answers = list(pool.map(send, batch))
-    assert answers[:3] == ["ok"] * 3 and answers[-3:] == ["ok"] * 3
-    for (what, _), answer in zip(bad.items(), answers[3:-3]):
-        assert answer != "ok", what
-    assert "megapixels" in answers[5] and "cannot read" in answers[3]
+    assert answers[:3] == [("ok", "")] * 3 and answers[-3:] == [("ok", "")] * 3
+    for (what, (_, reason)), (status, message) in zip(bad.items(), answers[3:-3]):
+        assert status == CLIENT_ERROR["tritonclient.grpc"] and reason in message, (what, status)
+    # and over HTTP: 400, not 500
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    for what, (data, reason) in bad.items():
+        status, message = _refusal(http, httpclient, "maskrt", data)
+        assert status == CLIENT_ERROR["tritonclient.http"] and reason in message, (what, status)
     # wrong dtype and wrong shape are refused by Triton or by the model, one request each
     wrong_type = grpcclient.InferInput("image", [1, 1], "FP32")
     wrong_type.set_data_from_numpy(np.zeros((1, 1), np.float32))
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException) as caught:
         client.infer("maskrt", [wrong_type])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     two = np.frombuffer(good, np.uint8).reshape(1, -1).repeat(2, axis=0)  # 2 images, 1 request
     wrong_shape = grpcclient.InferInput("image", list(two.shape), "UINT8")
     wrong_shape.set_data_from_numpy(two)
-    with pytest.raises(InferenceServerException, match="one image per request"):
+    with pytest.raises(InferenceServerException, match="one image per request") as caught:
         client.infer("maskrt", [wrong_shape])
-    assert send(good) == "ok" and server.ready()  # still serving
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert send(good) == ("ok", "") and server.ready()  # still serving
 
 
 def test_serve_runs_until_sigterm_and_stops_cleanly(
@@ -363,9 +397,12 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(
 # ------------------------------------------------------------------ ensembles
 
 
-def _stand_in_engine(tmp_path: Path, graph: Path, uses_plugins: bool) -> Path:
-    """A file standing in for a TensorRT engine of ``graph`` (no TensorRT here), with the sidecar
-    `maskrt build` would write: the ensemble reads only the sidecar, the plan goes to Triton."""
+def _stand_in_engine(
+    tmp_path: Path, graph: Path, uses_plugins: bool, plan: bytes = b"stand-in for a plan"
+) -> Path:
+    """A file standing in for a TensorRT engine of ``graph`` (no TensorRT here), holding ``plan``,
+    with the sidecar `maskrt build` would write: the ensemble reads only the sidecar, the plan
+    goes to Triton."""
     from maskrt import contract
     from maskrt.onnxio import read_spec
     from maskrt.runtime.profiles import default_profile
@@ -374,7 +411,7 @@ def _stand_in_engine(tmp_path: Path, graph: Path, uses_plugins: bool) -> Path:
     spec = read_spec(graph)
     dims = {contract.INPUT_IMAGES: ("B", 3, "H", "W"), contract.INPUT_IMAGE_SIZES: ("B", 2)}
     engine = tmp_path / "model.engine"
-    engine.write_bytes(b"stand-in for a serialized TensorRT engine")
+    engine.write_bytes(plan)
     write_sidecar(
         engine,
         Sidecar(
@@ -429,7 +466,9 @@ def test_ensemble_configs_parse_and_match_their_artifacts(
     pre = parse_config(onnx_repo / "maskrt_pre" / "config.pbtxt")
     spec = default_spec("demo_maskrcnn")
     assert list(pre.output[0].dims) == [3, 224, 224] == [3, spec.max_size, spec.max_size]
-    assert "--backend-config=tensorrt,plugins=" in (trt_repo / "README.md").read_text()
+    readme = (trt_repo / "README.md").read_text()  # this build has no plugin library
+    assert "plugins=/models/maskrt_detector/libmaskrt_roialign_trt_autoreg.so" in readme
+    assert "put `libmaskrt_roialign_trt_autoreg.so` in `maskrt_detector/`" in readme
 
     # the checker is not a rubber stamp: a renamed output and a dangling step are reported
     text = (onnx_repo / "maskrt_detector" / "config.pbtxt").read_text()
@@ -472,8 +511,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = os.path.join(args["model_repository"], args["model_version"])
+        # the graph itself, or a stand-in plan that holds the graph's bytes
+        found = [n for n in ("model.onnx", "model.plan") if os.path.isfile(os.path.join(folder, n))]
         self.session = ort.InferenceSession(
-            os.path.join(folder, "model.onnx"), providers=["CPUExecutionProvider"]
+            os.path.join(folder, found[0]), providers=["CPUExecutionProvider"]
         )
         self.outputs = [o["name"] for o in config["output"]]
 
@@ -505,13 +546,34 @@ def served_ensemble(
     backend): the pre/post steps and the ensemble's wiring and batching are Triton's own."""
     _, graph = served
     repo = write_repository(graph, tmp_path_factory.mktemp("ens") / "repo", detector="onnxruntime")
-    config = repo / "maskrt_detector" / "config.pbtxt"
-    text = config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"')
-    text = text.replace(" reshape: { shape: [ ] }", "").replace("KIND_AUTO", "KIND_CPU")
-    config.write_text(text.replace('default_model_filename: "model.onnx"\n', ""))
-    (repo / "maskrt_detector" / "1" / "model.py").write_text(_STAND_IN_DETECTOR)
+    _stand_in_detector(repo / "maskrt_detector")
     with _running(triton_home, repo) as server:
         yield server, graph
+
+
+def _stand_in_detector(folder: Path) -> None:
+    """Turn the detector step in ``folder`` (tensorrt_plan or onnxruntime_onnx) into the Python
+    stand-in, in place: its config names the Python backend and the CPU, and model.py goes
+    beside the artifact; every other file stays as written."""
+    config = folder / "config.pbtxt"
+    text = config.read_text()
+    for platform_name, model_file in (
+        ("onnxruntime_onnx", "model.onnx"),
+        ("tensorrt_plan", "model.plan"),
+    ):
+        text = text.replace(f'platform: "{platform_name}"', 'backend: "python"')
+        text = text.replace(f'default_model_filename: "{model_file}"\n', "")
+    text = text.replace(" reshape: { shape: [ ] }", "")
+    config.write_text(text.replace("KIND_AUTO", "KIND_CPU").replace("KIND_GPU", "KIND_CPU"))
+    (folder / "1" / "model.py").write_text(_STAND_IN_DETECTOR)
+
+
+def _on_canvas(graph: Path, paths: list[Path]) -> list[Detections]:
+    """The in-process Predictor's answers on ``graph``, padding every image to the ensemble's
+    canvas (224x224)."""
+    with load_predictor(graph) as predictor:
+        predictor.runner.fixed_size = (224, 224)  # type: ignore[attr-defined]
+        return [predictor.predict([read_image(p)])[0] for p in paths]
 
 
 def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
@@ -527,9 +589,7 @@ def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
     server, graph = served_ensemble
     image_dir, _ = split_paths(heldout_dataset, "val")
     paths = sorted(image_dir.glob("*.png"))[:6]
-    with load_predictor(graph) as predictor:
-        predictor.runner.fixed_size = (224, 224)  # type: ignore[attr-defined]
-        expected = [predictor.predict([read_image(p)])[0] for p in paths]
+    expected = _on_canvas(graph, paths)
     assert any(len(filter_by_score(e, 0.5)) for e in expected), "the model detects nothing"
     http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
     grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
@@ -557,9 +617,83 @@ def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert inferences == 48 and executions < inferences, (inferences, executions)
 
-    from tritonclient.utils import InferenceServerException
-
-    with pytest.raises(InferenceServerException, match="cannot read"):
-        grpc.infer("maskrt", _request(grpcclient, b"hello, triton"))
+    for module, client in ((httpclient, http), (grpcclient, grpc)):  # a client error, not 500
+        status, message = _refusal(client, module, "maskrt", b"hello, triton")
+        assert status == CLIENT_ERROR[module.__name__] and "cannot read" in message, status
     got = _detections(grpc.infer("maskrt", _request(grpcclient, encoded[0])))
     assert to_coco_results(1, got) == to_coco_results(1, expected[0])  # still serving
+
+
+def test_tensorrt_layout_with_its_plugin_library_starts_and_answers(
+    triton_home: Path,
+    served: tuple[TritonServer, Path],
+    heldout_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `maskrt triton model.engine` writes for an engine that uses maskrt's plugin, on the
+    real server: every folder and file as written (plan, sidecar, plugin library, configs,
+    README), with a stand-in library where the plugin goes (no TensorRT build here) and the
+    detector step run by the Python stand-in on the graph the plan stands for (this Triton has
+    no TensorRT backend). The server starts with no "Poll failed", answers like the Predictor
+    and refuses a bad image as a client error; the library sits where the repository's README
+    command names it. The earlier layout (the library in a root `plugins/` folder) stops the same
+    server at start: the check can fail."""
+    import re
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    import maskrt.plugins
+    from maskrt.errors import MaskrtError
+
+    _, graph = served
+    library = tmp_path / "build" / "libmaskrt_roialign_trt_autoreg.so"
+    library.parent.mkdir()
+    library.write_bytes(b"stand-in for maskrt's TensorRT plugin library")
+    monkeypatch.setattr(maskrt.plugins, "plugin_autoreg_library_path", lambda: library)
+    engine = _stand_in_engine(tmp_path, graph, uses_plugins=True, plan=graph.read_bytes())
+    repo = tmp_path / "repo"
+    r = CliRunner().invoke(main, ["triton", str(engine), "-o", str(repo)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == [
+        "README.md",
+        "maskrt", "maskrt/1", "maskrt/config.pbtxt",
+        "maskrt_detector", "maskrt_detector/1", "maskrt_detector/1/model.plan",
+        "maskrt_detector/1/model.plan.json", "maskrt_detector/config.pbtxt",
+        "maskrt_detector/libmaskrt_roialign_trt_autoreg.so",
+        "maskrt_post", "maskrt_post/1", "maskrt_post/1/maskrt_spec.json",
+        "maskrt_post/1/model.py", "maskrt_post/config.pbtxt",
+        "maskrt_pre", "maskrt_pre/1", "maskrt_pre/1/maskrt_spec.json", "maskrt_pre/1/model.py",
+        "maskrt_pre/config.pbtxt",
+    ]  # fmt: skip
+    # the README's server command names the library where the container mounts the repository
+    (command,) = re.findall(
+        r"tritonserver --model-repository=/models (\S+)\"", (repo / "README.md").read_text()
+    )
+    want = "/models/maskrt_detector/libmaskrt_roialign_trt_autoreg.so"
+    assert command == f"--backend-config=tensorrt,plugins={want}"
+    named = repo / command.split("=/models/")[1]
+    assert named.read_bytes() == library.read_bytes()
+
+    _stand_in_detector(repo / "maskrt_detector")
+    image_dir, _ = split_paths(heldout_dataset, "val")
+    paths = sorted(image_dir.glob("*.png"))[:2]
+    expected = _on_canvas(graph, paths)
+    with _running(triton_home, repo) as server:
+        log = server.log_path.read_text(errors="replace")
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        for module, client in ((httpclient, http), (grpcclient, grpc)):
+            for p, want in zip(paths, expected):
+                got = _detections(client.infer("maskrt", _request(module, p.read_bytes())))
+                assert to_coco_results(1, got) == to_coco_results(1, want), module.__name__
+            status, message = _refusal(client, module, "maskrt", b"hello, triton")
+            assert status == CLIENT_ERROR[module.__name__] and "cannot read" in message
+    assert "Poll failed" not in log and "successfully loaded 'maskrt_detector'" in log
+
+    (repo / "plugins").mkdir()  # the layout before issue 29
+    (repo / "maskrt_detector" / library.name).rename(repo / "plugins" / library.name)
+    with pytest.raises(MaskrtError, match="Poll failed for model directory 'plugins'"):
+        with _running(triton_home, repo):
+            pass

@@ -23,10 +23,18 @@ answers equal the Predictor's padding to the same canvas (tests/test_triton.py);
 compute for images of another aspect ratio.
 
 A TensorRT engine that uses maskrt's plugin needs the plugin library in the server: the
-repository carries it in ``plugins/`` and Triton loads it with
-``--backend-config=tensorrt,plugins=<path>`` (the TensorRT backend opens each listed library;
-libnvinfer is loaded by then, so the library registers its creators as it opens, as with any
-plain ``dlopen`` after libnvinfer; ``LD_PRELOAD`` would open it before there is a registry).
+repository carries it in the detector's folder, beside its config.pbtxt, and Triton loads it with
+``--backend-config=tensorrt,plugins=<path>``: the TensorRT backend only opens each listed
+library, so it is the self-registering ``libmaskrt_roialign_trt_autoreg.so``, linked to
+libnvinfer (which library each loader takes: plugins/multilevel_roialign/README.md#loading).
+Not in a folder of the repository's root: Triton 2.51 takes every one of those for a model and
+stops at start on one it cannot load. Read in triton-inference-server's sources of branch
+r24.10 (Triton 2.51): core src/model_repository_manager/model_repository_manager.cc:1301-1312
+(every subfolder of the root is a model), src/model_repository_manager/model_lifecycle.cc:92-113
+(inside a model, only numeric subfolders are versions; files are not looked at),
+tensorrt_backend src/tensorrt.cc:134-153 (each ``;``-separated ``plugins`` path is opened at
+the backend's initialization) and its README.md (the ``plugins`` option); tested on the real
+server with a stand-in library (tests/test_triton.py).
 """
 
 from __future__ import annotations

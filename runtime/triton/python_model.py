@@ -9,6 +9,15 @@ array)`` path (pybind11's numpy arrays) garbles arrays of two or more dimensions
 (measured with Triton 2.51: every element read as the first byte, outputs sent empty), while
 ``np.from_dlpack`` and ``Tensor.from_dlpack`` carry them intact. All requests of one execution
 (one image each) are predicted as one batch.
+
+A request that fails gets its own error response with a Triton error code: INVALID_ARG for what
+the client got wrong (:class:`RequestError`), INTERNAL (``TritonError``'s default) for the rest.
+Read in triton-inference-server's sources of Triton 2.51 (python_backend and core branch r24.10,
+server tag v2.51.0): python_backend src/pb_stub.cc:1639-1686 (``TritonError(message, code)``;
+codes UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS,
+CANCELLED, names the wheel's 3.11 stub carries too), server src/http_server.cc:98-120
+(INVALID_ARG -> HTTP 400, INTERNAL -> 500) and src/grpc/grpc_utils.cc:97-98 (INVALID_ARG -> gRPC
+INVALID_ARGUMENT); tests/test_triton.py asserts the statuses on the real server.
 """
 
 from __future__ import annotations
@@ -31,16 +40,44 @@ from .ensemble import ORIGINAL_SIZE
 from .repository import REQUEST_INPUT, SPEC_FILE
 
 
+class RequestError(MaskrtError):
+    """The client's request is wrong (bytes that are no image, an image too large, a tensor of
+    the wrong type or shape): answered as a client error, INVALID_ARG (HTTP 400, gRPC
+    INVALID_ARGUMENT); anything else that fails is ours, INTERNAL (HTTP 500)."""
+
+
+def error_status(error: Exception) -> tuple[str, str]:
+    """(Triton error code name, message) of the error response to a request that failed with
+    ``error``: the name is a ``pb_utils.TritonError`` attribute (Python backend >= 23.09)."""
+    if isinstance(error, RequestError):
+        return "INVALID_ARG", str(error)
+    if isinstance(error, MaskrtError):
+        return "INTERNAL", str(error)
+    return "INTERNAL", f"{type(error).__name__}: {error}"
+
+
+def _error_response(pb_utils: Any, error: Exception, prefix: str = "") -> Any:
+    """An error response for Triton carrying :func:`error_status`'s code."""
+    code, message = error_status(error)
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(prefix + message, getattr(pb_utils.TritonError, code))
+    )
+
+
 def decode_request(data: np.ndarray) -> np.ndarray:
-    """The request's ``image`` tensor (UINT8 ``[1, L]``: one encoded image file) -> RGB uint8."""
+    """The request's ``image`` tensor (UINT8 ``[1, L]``: one encoded image file) -> RGB uint8;
+    a :class:`RequestError` for anything else."""
     if data.dtype != np.uint8 or data.ndim != 2:
-        raise MaskrtError(
+        raise RequestError(
             f"'{REQUEST_INPUT}' must be UINT8 [1, L] (an encoded image file), got "
             f"{data.dtype} {list(data.shape)}"
         )
     if data.shape[0] != 1:
-        raise MaskrtError(f"one image per request, got {data.shape[0]} (Triton batches requests)")
-    return decode_image(data.tobytes(), "the request's image")
+        raise RequestError(f"one image per request, got {data.shape[0]} (Triton batches requests)")
+    try:
+        return decode_image(data.tobytes(), "the request's image")
+    except MaskrtError as e:  # what decode_image refuses is the client's file
+        raise RequestError(str(e)) from None
 
 
 def encode_response(
@@ -103,7 +140,7 @@ def _read_spec(args: dict[str, str]) -> tuple[ModelSpec, dict[str, Any], Path]:
 
 def _respond(requests: list[Any], inputs: list[str], outputs: list[str], fn: Any) -> list[Any]:
     """Run ``fn(tensors by name) -> tensors by name`` on each request; a request that fails
-    gets its own error response."""
+    gets its own error response (:func:`error_status`)."""
     import triton_python_backend_utils as pb_utils
 
     responses = []
@@ -113,7 +150,7 @@ def _respond(requests: list[Any], inputs: list[str], outputs: list[str], fn: Any
             for name in inputs:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is None:
-                    raise MaskrtError(f"the request has no '{name}' input")
+                    raise RequestError(f"the request has no '{name}' input")
                 tensors[name] = np.from_dlpack(tensor)
             result = fn(tensors)
             responses.append(
@@ -126,8 +163,7 @@ def _respond(requests: list[Any], inputs: list[str], outputs: list[str], fn: Any
                 )
             )
         except Exception as e:  # noqa: BLE001 - the request hears why; the batch goes on
-            message = str(e) if isinstance(e, MaskrtError) else f"{type(e).__name__}: {e}"
-            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+            responses.append(_error_response(pb_utils, e))
     return responses
 
 
@@ -188,16 +224,16 @@ class TritonPythonModel:
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, REQUEST_INPUT)
                 if tensor is None:
-                    raise MaskrtError(f"the request has no '{REQUEST_INPUT}' input")
+                    raise RequestError(f"the request has no '{REQUEST_INPUT}' input")
                 images.append(decode_request(np.from_dlpack(tensor)))
                 owners.append(i)
-            except MaskrtError as e:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+            except Exception as e:  # noqa: BLE001 - this request hears why; the batch goes on
+                responses[i] = _error_response(pb_utils, e)
         try:
             dets = self.predictor.predict(images) if images else []
         except Exception as e:  # noqa: BLE001 - every request of the batch hears why
-            error = pb_utils.TritonError(f"prediction failed: {type(e).__name__}: {e}")
-            return [r or pb_utils.InferenceResponse(error=error) for r in responses]
+            failed = _error_response(pb_utils, e, "prediction failed: ")
+            return [r or failed for r in responses]
         for i, d in zip(owners, dets):
             tensors = encode_response(d, self.with_masks, self.num_keypoints)
             responses[i] = pb_utils.InferenceResponse(

@@ -22,8 +22,9 @@ Tensors, after Triton's batch dimension (always 1 per request)::
 
 No BYTES tensors: they cannot cross the Python backend's stub by DLPack, and its numpy path is
 broken under numpy 2 (see :mod:`.python_model`). A request that fails (bytes that are no
-image, an image too large) gets an error response of its own; the other requests of the batch
-are answered.
+image, an image too large) gets an error response of its own, a client error (INVALID_ARG: HTTP
+400, gRPC INVALID_ARGUMENT; INTERNAL is left for maskrt's own failures); the other requests of
+the batch are answered.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ if TYPE_CHECKING:
 REQUEST_INPUT = "image"
 DETECTORS = ("auto", "python", "onnxruntime", "tensorrt")
 SPEC_FILE = "maskrt_spec.json"  # the model spec beside a pre/post-processing model
+
+
+def plugin_folder(name: str) -> str:
+    """The repository folder holding the TensorRT plugin library of ensemble ``name``: its
+    detector model's folder, beside config.pbtxt. Triton takes every folder of the repository's
+    root for a model (a ``plugins/`` folder there stops the server at start) and only the
+    numeric folders inside a model's folder for versions; plain files there it leaves alone."""
+    from .ensemble import STEP_SUFFIXES
+
+    return name + STEP_SUFFIXES[1]
 
 
 # Repository-side file of the Python-backend model: the real code is maskrt.runtime.triton's
@@ -180,18 +191,25 @@ def _ensemble_readme(
         "",
     ]
     if facts.uses_plugins:
+        folder = plugin_folder(name)
+        from maskrt.plugins import PLUGIN_AUTOREG_LIBRARY
+
+        library = plugin.name if plugin is not None else PLUGIN_AUTOREG_LIBRARY
+        where = f"/models/{folder}/{library}"
         if plugin is not None:
-            where = f"/models/plugins/{plugin.name}"
-            lines.append(f"The engine uses maskrt's RoIAlign plugin: `plugins/{plugin.name}`.")
+            lines.append(f"The engine uses maskrt's RoIAlign plugin: `{folder}/{library}`.")
         else:
-            where = "/models/plugins/libmaskrt_roialign_trt.so"
             lines.append(
                 "The engine uses maskrt's RoIAlign plugin, and this machine has no build of it: "
-                "build maskrt with TensorRT (plugins/README.md) and put it in `plugins/`."
+                "build maskrt with TensorRT (plugins/multilevel_roialign/README.md) and put "
+                f"`{library}` in "
+                f"`{folder}/`."
             )
         lines.append(
-            "TensorRT's backend loads it from `--backend-config`; `LD_PRELOAD` would open it "
-            "before TensorRT's plugin registry exists."
+            "It sits beside the detector's config.pbtxt, where Triton looks for no model (every "
+            "folder of the repository's root is a model to Triton, and a `plugins/` folder there "
+            "stops it at start). TensorRT's backend opens it from `--backend-config`, and it "
+            "registers its creators as it opens (it is linked to libnvinfer)."
         )
         lines.append("")
         backend_config = f" --backend-config=tensorrt,plugins={where}"
@@ -229,8 +247,8 @@ def _readme(name: str, spec: ModelSpec, artifact: Path, max_batch: int, instance
     lines += [
         "",
         "One image per request (batch dimension 1); Triton batches requests. A request that",
-        "fails (not an image, too large) gets its own error response; the other requests",
-        "batched with it are answered.",
+        "fails (not an image, too large) gets its own error response, HTTP 400 / gRPC",
+        "INVALID_ARGUMENT; the other requests batched with it are answered.",
         "",
     ]
     return "\n".join(lines)
@@ -311,12 +329,13 @@ def _write_ensemble(
     )
     plugin = None
     if facts.uses_plugins:
-        from maskrt.plugins import plugin_library_path
+        # Triton's TensorRT backend only dlopens ``plugins=`` libraries: the self-registering one
+        # (plugins/multilevel_roialign/README.md#loading).
+        from maskrt.plugins import plugin_autoreg_library_path
 
-        plugin = plugin_library_path()
+        plugin = plugin_autoreg_library_path()
         if plugin is not None:
-            (root / "plugins").mkdir(exist_ok=True)
-            shutil.copy2(plugin, root / "plugins" / plugin.name)
+            shutil.copy2(plugin, root / plugin_folder(name) / plugin.name)
     atomic_write_text(
         root / "README.md", _ensemble_readme(name, detector, facts, src, instances, plugin)
     )
