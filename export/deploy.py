@@ -6,8 +6,9 @@ the data. Instead of dropping rows it pads and masks them:
 
 * RPN: per level, the top ``pre_nms_top_n`` anchors (levels with fewer anchors are padded with
   invalid rows), so there are always ``L * pre_nms_top_n`` candidates; clipping, small-box and
-  score filters turn rows invalid; per-level NMS is one NonMaxSuppression with the levels as
-  classes; the top ``post_nms_top_n`` kept boxes become the proposals (invalid ones padded).
+  score filters turn rows invalid; per-level NMS is one NonMaxSuppression whose batch entries
+  are the (image, level) pairs; the top ``post_nms_top_n`` kept boxes over all levels become
+  the proposals (invalid ones padded).
 * Box head: all ``post_nms_top_n`` proposals are classified; per-class NMS is one
   NonMaxSuppression whose batch entries are the (image, class) pairs; the top K kept become the
   detections, padded to K = ``box_detections_per_img``.
@@ -228,16 +229,17 @@ class DeployModel(nn.Module):
         valid = torch.cat(valid_l, 1) & _big_enough(boxes, _RPN_MIN_SIZE)
         valid = valid & (probs >= self.rpn_score_thresh)
 
-        # Per-level NMS: level l is NMS class l; rows of other levels are dropped from class l.
+        # Per-level NMS: each (image, level) is one NMS batch item of `pre` boxes. TensorRT's
+        # NMS considers only the 5000 best boxes of a batch item (NvInfer.h, INMSLayer), so the
+        # levels must not share one; torchvision's batched_nms keeps levels apart the same way.
         num_levels = len(boxes_l)
-        levels = torch.arange(num_levels, device=valid.device)
-        level_of_row = levels.repeat_interleave(pre)  # [L*pre]
-        in_level = level_of_row[None, :] == levels[:, None]  # [L, L*pre]
-        nms_scores = torch.where(in_level[None] & valid[:, None], probs[:, None], _DROPPED)
+        nms_boxes = boxes.reshape(-1, pre, 4)  # [B*L, pre, 4]
+        nms_scores = torch.where(valid, probs, _DROPPED).reshape(-1, 1, pre)  # [B*L, 1, pre]
         selected = batched_nms(
-            boxes, nms_scores, self.post_nms_top_n, self.rpn_nms_thresh, _NMS_SCORE_THRESHOLD
+            nms_boxes, nms_scores, self.post_nms_top_n, self.rpn_nms_thresh, _NMS_SCORE_THRESHOLD
         )
-        kept = _kept_mask(selected, probs[:, 0], num_levels * pre)
+        kept = _kept_mask(selected, nms_scores[:, 0, 0], pre).reshape(-1, num_levels * pre)
+        # then the top post_nms_top_n kept boxes over all levels, by score
         ranked = torch.where(kept, probs, float("-inf"))
         top, idx = _top_k_padded(ranked, self.post_nms_top_n, num_levels * pre)
         boxes = F.pad(boxes, (0, 0, 0, max(0, self.post_nms_top_n - num_levels * pre)))

@@ -244,6 +244,7 @@ def build_onnx(
             contract.META_MODEL_SPEC: spec.to_json(),
             contract.META_PRECISION: "fp32",
             contract.META_SURGERED: "0",
+            contract.META_COMPACT_HEADS: "1" if compact_heads else "0",
         },
     )
     step("verify")

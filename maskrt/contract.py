@@ -50,6 +50,9 @@ META_MODEL_SPEC = "maskrt.model_spec"  # ModelSpec.to_json()
 META_PRECISION = "maskrt.precision"  # one of PRECISIONS
 PRECISIONS = ("fp32", "fp16", "int8")
 META_SURGERED = "maskrt.surgered"  # "1" once RoIAlign units are plugin nodes
+# "1" when exported with compact heads (data-dependent shapes inside: for ONNX Runtime, not for
+# TensorRT); absent in graphs exported before the key existed.
+META_COMPACT_HEADS = "maskrt.compact_heads"
 
 
 @dataclass(frozen=True)

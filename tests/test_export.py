@@ -25,6 +25,7 @@ from maskrt.export.functions import multiscale_roi_align_function
 from maskrt.export.ops import multiscale_roi_align_reference
 from maskrt.pipeline.main import main
 from maskrt.plugins.contract import UNIT_DOMAIN, UNIT_DOMAIN_VERSION, UNIT_OP_TYPE
+from maskrt.plugins.tensorrt_check import tensorrt_findings
 from maskrt.specs import ModelSpec, build_model, demo_spec
 
 # ONNX Runtime against torchvision eager: the same FP32 maths through other convolution kernels
@@ -111,6 +112,8 @@ def test_graph_structure(random_demo) -> None:
 
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta[contract.META_CONTRACT_VERSION] == contract.CONTRACT_VERSION
+    assert meta[contract.META_COMPACT_HEADS] == "0"
+    assert tensorrt_findings(model) == []  # nothing TensorRT would refuse or change
     written = ModelSpec.from_json(meta[contract.META_MODEL_SPEC])
     assert written == spec  # what the module says, the structure read off it as a record
     assert written.structure["family"] == "MaskRCNN"
@@ -341,6 +344,8 @@ def test_compact_heads_match_static_graph_and_torchvision(random_demo, tmp_path:
     static_summary = export_onnx(model, tmp_path / "static.onnx", spec=spec, progress=False)
     assert summary.node_counts["ScatterND"] == 1 and "ScatterND" not in static_summary.node_counts
     assert summary.node_counts["NonZero"] == static_summary.node_counts.get("NonZero", 0) + 1
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta[contract.META_COMPACT_HEADS] == "1"  # for ONNX Runtime: build refuses it
     compact, static = _session(path), _session(static_path)
     imgs = _random_images(2, [(120, 160), (96, 128)])
     images, sizes = preprocess(imgs, spec)

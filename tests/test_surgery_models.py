@@ -2,13 +2,15 @@
 
 * the trained demo model exported by ``maskrt export``, over held-out shapes images;
 * a vanilla torchvision Mask R-CNN (random weights) exported by plain ``torch.onnx.export``,
-  whose per-level RoiAlign pattern is fused into one plugin node per RoI head.
+  whose per-level RoiAlign pattern is fused into one plugin node per RoI head; a tiny one at
+  every opset from 11 to 20.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -138,3 +140,67 @@ def test_torchvision_export_fused_and_unchanged(tmp_path: Path) -> None:
 
     again, report = surgery(out)
     assert report.already_surgered and again.SerializeToString() == out.SerializeToString()
+
+
+# ----------------------------------------------------------------------------------------------
+# every opset a vanilla export may come in: Unsqueeze/Squeeze take `axes` as an attribute
+# before opset 13, as an input from 13 on
+
+
+@pytest.fixture(scope="module")
+def tiny_vanilla_maskrcnn() -> tuple[Any, Any]:
+    """The demo architecture (random weights, 96x128 images, few proposals) and an image: a
+    whole torchvision Mask R-CNN that exports in about two seconds."""
+    import torch
+
+    from maskrt.specs import build_model, demo_spec
+
+    torch.manual_seed(0)
+    spec = demo_spec().replace(
+        min_size=96,
+        max_size=128,
+        box_score_thresh=0.0,  # random weights score low: keep detections so masks are pooled
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        box_detections_per_img=10,
+    )
+    return build_model(spec), torch.rand(3, 96, 128)
+
+
+@pytest.mark.parametrize("opset", range(11, 21))
+def test_vanilla_export_at_every_opset_survives_surgery(
+    tiny_vanilla_maskrcnn: tuple[Any, Any], opset: int
+) -> None:
+    import io
+
+    import torch
+
+    model, image = tiny_vanilla_maskrcnn
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values
+        torch.onnx.export(
+            model,
+            ([image],),
+            buf,
+            opset_version=opset,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["boxes", "labels", "scores", "masks"],
+        )
+    exported = onnx.load_from_string(buf.getvalue())
+    exported.ir_version = min(exported.ir_version, IR_VERSION)
+    assert exported.opset_import[0].version == opset
+
+    out, report = surgery(exported)
+    assert report.torchvision_units == 2 and report.replaced == 2 and not report.unrecognised
+    onnx.checker.check_model(out, full_check=True)
+    assert "RoiAlign" not in {n.op_type for n in out.graph.node}
+
+    feeds = {"image": image.numpy()}
+    want = _run(exported, feeds, plugin=False)
+    got = _run(out, feeds, plugin=True)
+    assert want[0].shape[0] > 0 and len(want) == len(got) == 4
+    for w, g in zip(want, got):
+        assert w.shape == g.shape and w.dtype == g.dtype
+        np.testing.assert_allclose(g, w, rtol=0, atol=FP32_TOL)

@@ -98,10 +98,11 @@ def precision_step(
         raise MaskrtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
-def surgery_step(src: Path, dst: Path) -> None:
+def surgery_step(src: Path, dst: Path) -> list[str]:
+    """Surgery of ``src`` into ``dst``; returns what TensorRT would refuse or change in it."""
     from maskrt.plugins.surgery import surgery_file
 
-    surgery_file(src, dst, force=True)
+    return surgery_file(src, dst, force=True).tensorrt
 
 
 def build_step(surgered: Path, engine: Path, max_batch: int = 1) -> None:
@@ -158,7 +159,8 @@ def convert(
                        paths.calibration_cache, show_progress)  # fmt: skip
     surgered = paths.surgered(precision)
     log(f"surgery -> {surgered}")
-    surgery_step(graph, surgered)
+    for finding in surgery_step(graph, surgered):
+        log(f"warning: TensorRT: {finding}")
 
     missing = tensorrt_missing()
     if missing:

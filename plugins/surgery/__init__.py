@@ -55,6 +55,8 @@ def surgery(
     model-local functions removed, the nodes sorted topologically and shapes inferred.
 
     ``progress`` shows a progress bar over the steps (matching, cleanup, shape inference).
+    The report lists what TensorRT would still refuse or change in the result
+    (:func:`maskrt.plugins.tensorrt_check.tensorrt_findings`), as warnings.
 
     Raises:
         MaskrtError: the graph has no RoIAlign of any kind (and no plugin node either).
@@ -62,6 +64,8 @@ def surgery(
     import onnx
     import onnx_graphsurgeon as gs
     from tqdm import tqdm
+
+    from maskrt.plugins.tensorrt_check import tensorrt_findings
 
     from .finishing import clean, count_roi_align, finish_model, io_signature
     from .single import replace_single
@@ -74,6 +78,7 @@ def surgery(
             # surgery's own output: leave it exactly as it is (idempotence)
             report.already_surgered = True
             report.nodes_after = report.nodes_before
+            report.tensorrt = tensorrt_findings(model)
             return model, report
         raise MaskrtError("the graph has no RoIAlign (neither maskrt units nor ONNX RoiAlign)")
 
@@ -104,6 +109,7 @@ def surgery(
     # the passes report what they skip at the top level; If/Loop/Scan bodies are not visited
     if nested := count_roi_align(out) - count_roi_align(out, nested=False):
         report.unrecognised.append(f"{nested} RoIAlign node(s) inside If/Loop/Scan bodies")
+    report.tensorrt = tensorrt_findings(out)
     return out, report
 
 

@@ -55,6 +55,21 @@ def opset(graph: gs.Graph) -> int:
     return int(graph.opset)
 
 
+# Unsqueeze and Squeeze take ``axes`` as an input from opset 13 on, as an attribute before.
+AXES_INPUT_OPSET = 13
+
+
+def axes_node(
+    graph: gs.Graph, op: str, name: str, x: gs.Tensor, axes: gs.Constant, out: gs.Tensor
+) -> gs.Node:
+    """An ``op`` node (Unsqueeze or Squeeze) over the int64 ``axes``, in the form ``graph``'s
+    opset takes: an input from opset 13 on, an attribute before."""
+    if opset(graph) < AXES_INPUT_OPSET:
+        values = [int(a) for a in np.asarray(axes.values).ravel()]
+        return gs.Node(op, name, attrs={"axes": values}, inputs=[x], outputs=[out])
+    return gs.Node(op, name, inputs=[x, axes], outputs=[out])
+
+
 def roialign_attrs(graph: gs.Graph, node: gs.Node) -> dict[str, Any]:
     """A ``RoiAlign`` node's attributes; RoiAlign-10 (opset < 16) has no
     ``coordinate_transformation_mode`` and pools like ``output_half_pixel``: say so."""

@@ -17,6 +17,8 @@ class SurgeryReport:
     nodes_after: int = 0
     already_surgered: bool = False
     unrecognised: list[str] = field(default_factory=list)
+    # what TensorRT would refuse or change in the result (maskrt.plugins.tensorrt_check)
+    tensorrt: list[str] = field(default_factory=list)
 
     @property
     def replaced(self) -> int:
@@ -33,4 +35,5 @@ class SurgeryReport:
             )
         out = [head, f"nodes: {self.nodes_before} -> {self.nodes_after}"]
         out += [f"left unrecognised: {u}" for u in self.unrecognised]
+        out += [f"warning: TensorRT: {t}" for t in self.tensorrt]
         return out

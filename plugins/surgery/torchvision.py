@@ -22,6 +22,7 @@ from maskrt.plugins.contract import PLUGIN_DOMAIN, PLUGIN_NAME, MultiLevelRoIAli
 from .graph import (
     ONNX_ROI_ALIGN,
     PLUGIN_OP_TYPES,
+    axes_node,
     const_value,
     dim,
     is_onnx_op,
@@ -330,7 +331,7 @@ def _fuse(graph: gs.Graph, unit: _TorchvisionUnit) -> None:
     pooled = gs.Variable(f"{base}/maskrt_pooled")
     set_multilevel_output(pooled, unit.features[0], rois, unit.fields.output_size)
     graph.nodes += [
-        gs.Node("Unsqueeze", f"{base}/maskrt_unsqueeze", inputs=[unit.boxes, axes], outputs=[rois]),
+        axes_node(graph, "Unsqueeze", f"{base}/maskrt_unsqueeze", unit.boxes, axes, rois),
         gs.Node(
             PLUGIN_NAME,
             f"{base}/maskrt_roialign",
@@ -339,5 +340,5 @@ def _fuse(graph: gs.Graph, unit: _TorchvisionUnit) -> None:
             outputs=[pooled],
             domain=PLUGIN_DOMAIN,
         ),
-        gs.Node("Squeeze", f"{base}/maskrt_squeeze", inputs=[pooled, axes], outputs=[out]),
+        axes_node(graph, "Squeeze", f"{base}/maskrt_squeeze", pooled, axes, out),
     ]

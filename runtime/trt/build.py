@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.fileio import atomic_write_bytes, check_writable, sha256_file
-from maskrt.onnxio import read_graph_facts, spec_from_metadata
+from maskrt.onnxio import custom_op_types, load_onnx, metadata, spec_from_metadata
+from maskrt.plugins.tensorrt_check import require_tensorrt_ready
 
 from ..profiles import ShapeRange
 from ..sidecar import Sidecar, sidecar_path, write_sidecar
@@ -66,15 +67,21 @@ def build_engine(
 
     ``profile`` maps every network input to (min, opt, max) shapes; it is repeated
     ``num_profiles`` times so that as many execution contexts can run concurrently.
-    ``timing_cache`` is read when it exists and written back after the build.
+    ``timing_cache`` is read when it exists and written back after the build. A graph that
+    TensorRT would refuse or run differently from ONNX Runtime
+    (:func:`maskrt.plugins.tensorrt_check.tensorrt_findings`) is refused first, in one line.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise MaskrtError(f"{onnx_path} does not exist")
     engine_path = check_writable(engine_path, force)
     check_writable(sidecar_path(engine_path), force)
-    meta, custom_ops = read_graph_facts(onnx_path)
+    graph = load_onnx(onnx_path, weights=False)
+    meta, custom_ops = metadata(graph), custom_op_types(graph)
     spec = spec_from_metadata(meta, str(onnx_path))
+    # TensorRT's limits, checked before TensorRT is needed (and where it is not installed)
+    require_tensorrt_ready(graph, str(onnx_path))
+    del graph
     uses_plugins = meta.get(contract.META_SURGERED) == "1" or bool(custom_ops)
 
     mod = tensorrt()
