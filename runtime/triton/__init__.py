@@ -17,8 +17,9 @@ requests with the same tensors.
 """
 
 from .ensemble import check_repository
-from .repository import REQUEST_INPUT, write_repository
+from .repository import write_repository
 from .server import TritonServer, find_tritonserver
+from .tensors import REQUEST_INPUT
 
 __all__ = [
     "REQUEST_INPUT",

@@ -3,7 +3,7 @@
 (Python backend).
 
 The ensemble answers like the ``python`` detector (same request and response tensors, see
-:mod:`.repository`), so clients do not change. The steps, after Triton's batch dimension::
+:mod:`.tensors`), so clients do not change. The steps, after Triton's batch dimension::
 
     NAME_pre       image UINT8 [-1] (encoded file)    -> images FP32 [3, H, W] (canvas),
                                                          image_sizes INT32 [2],
@@ -49,17 +49,8 @@ from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.specs import ModelSpec
 
-PLATFORMS = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}
-MODEL_FILES = {"tensorrt": "model.plan", "onnxruntime": "model.onnx"}  # Triton's default names
-TRITON_TYPES = {
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "uint8": "TYPE_UINT8",
-}
-ORIGINAL_SIZE = "original_size"  # pre -> post: (height, width) of the decoded image
-STEP_SUFFIXES = ("_pre", "_detector", "_post")
+from .layout import MODEL_FILES, PLATFORMS, STEP_SUFFIXES
+from .tensors import ORIGINAL_SIZE, TRITON_TYPES
 
 Dims = tuple[int, ...]
 

@@ -9,22 +9,7 @@ Two layouts answer the same requests with the same tensors:
 * ``tensorrt`` / ``onnxruntime`` detector: an ensemble of pre-processing, the artifact on
   Triton's own TensorRT or ONNX Runtime backend, and post-processing (:mod:`.ensemble`).
 
-One image per request; Triton batches the requests (dynamic batching, ragged inputs).
-Tensors, after Triton's batch dimension (always 1 per request)::
-
-    image           UINT8  [-1]       the encoded image file (PNG, JPEG, ...), as bytes
-    num_detections  INT32  [1]        N, the detections of this image
-    boxes           FP32   [-1, 4]    x1, y1, x2, y2 in original-image pixels, by descending score
-    scores          FP32   [-1]
-    labels          INT32  [-1]       1..num_classes-1
-    masks           UINT8  [-1]       UTF-8 JSON: the COCO RLE of each pasted mask (Mask R-CNN)
-    keypoints       FP32   [-1, K, 3] x, y, visibility score (Keypoint R-CNN)
-
-No BYTES tensors: they cannot cross the Python backend's stub by DLPack, and its numpy path is
-broken under numpy 2 (see :mod:`.python_model`). A request that fails (bytes that are no
-image, an image too large) gets an error response of its own, a client error (INVALID_ARG: HTTP
-400, gRPC INVALID_ARGUMENT; INTERNAL is left for maskrt's own failures); the other requests of
-the batch are answered.
+Both answer one image per request with the tensors of :mod:`.tensors`, the one table of them.
 """
 
 from __future__ import annotations
@@ -38,22 +23,14 @@ from maskrt.errors import MaskrtError
 from maskrt.fileio import atomic_write_text
 from maskrt.specs import ModelSpec
 
+from ..predictor import SUFFIX_BACKEND
+from .layout import SPEC_FILE, STEP_SUFFIXES, plugin_folder
+from .tensors import REQUEST_INPUT, RESPONSE, TRITON_TYPES, response_tensors
+
 if TYPE_CHECKING:
     from .ensemble import DetectorFacts
 
-REQUEST_INPUT = "image"
 DETECTORS = ("auto", "python", "onnxruntime", "tensorrt")
-SPEC_FILE = "maskrt_spec.json"  # the model spec beside a pre/post-processing model
-
-
-def plugin_folder(name: str) -> str:
-    """The repository folder holding the TensorRT plugin library of ensemble ``name``: its
-    detector model's folder, beside config.pbtxt. Triton takes every folder of the repository's
-    root for a model (a ``plugins/`` folder there stops the server at start) and only the
-    numeric folders inside a model's folder for versions; plain files there it leaves alone."""
-    from .ensemble import STEP_SUFFIXES
-
-    return name + STEP_SUFFIXES[1]
 
 
 # Repository-side file of the Python-backend model: the real code is maskrt.runtime.triton's
@@ -80,21 +57,18 @@ from maskrt.runtime.triton.python_model import {entry} as TritonPythonModel  # n
 '''
 
 
-_SUFFIX_BACKEND = {".onnx": "onnxruntime", ".engine": "tensorrt", ".pt": "torch", ".pth": "torch"}
-
-
 def artifact_spec(artifact: Path) -> ModelSpec:
     """The model spec of a deploy artifact, read without running it."""
-    suffix = artifact.suffix.lower()
-    if suffix == ".onnx":
+    backend = SUFFIX_BACKEND.get(artifact.suffix.lower())
+    if backend == "onnxruntime":
         from maskrt.onnxio import read_spec
 
         return read_spec(artifact)
-    if suffix == ".engine":
+    if backend == "tensorrt":
         from ..sidecar import read_sidecar
 
         return read_sidecar(artifact).spec
-    if suffix in (".pt", ".pth"):
+    if backend == "torch":
         from maskrt.checkpoint import checkpoint_spec
 
         return checkpoint_spec(artifact)
@@ -105,17 +79,9 @@ def artifact_spec(artifact: Path) -> ModelSpec:
 
 def _outputs(spec: ModelSpec) -> list[tuple[str, str, str]]:
     """(name, Triton data type, dims without the batch dimension) of each response tensor."""
-    rows = [
-        ("num_detections", "TYPE_INT32", "[ 1 ]"),
-        ("boxes", "TYPE_FP32", "[ -1, 4 ]"),
-        ("scores", "TYPE_FP32", "[ -1 ]"),
-        ("labels", "TYPE_INT32", "[ -1 ]"),
-    ]
-    if spec.has_masks:
-        rows.append(("masks", "TYPE_UINT8", "[ -1 ]"))
-    if spec.has_keypoints:
-        rows.append(("keypoints", "TYPE_FP32", f"[ -1, {spec.num_keypoints}, 3 ]"))
-    return rows
+    from .ensemble import _dims
+
+    return [(n, TRITON_TYPES[t], _dims(d)) for n, t, d in response_tensors(spec)]
 
 
 def model_config(
@@ -145,15 +111,12 @@ def _tensor_rows(spec: ModelSpec) -> list[str]:
         "| tensor | type | shape (after the batch dimension) | meaning |",
         "|---|---|---|---|",
         f"| `{REQUEST_INPUT}` (input) | UINT8 | [-1] | the encoded image file (PNG, JPEG, ...) |",
-        "| `num_detections` | INT32 | [1] | detections of this image |",
-        "| `boxes` | FP32 | [-1, 4] | x1, y1, x2, y2, original-image pixels, by descending score |",
-        "| `scores` | FP32 | [-1] | |",
-        "| `labels` | INT32 | [-1] | 1..num_classes-1 |",
     ]
-    if spec.has_masks:
-        rows.append("| `masks` | UINT8 | [-1] | UTF-8 JSON list: COCO RLE of each pasted mask |")
-    if spec.has_keypoints:
-        rows.append(f"| `keypoints` | FP32 | [-1, {spec.num_keypoints}, 3] | x, y, score |")
+    for name, dtype, dims in response_tensors(spec):
+        meaning = RESPONSE[name].meaning
+        shape = "[" + ", ".join(str(d) for d in dims) + "]"
+        kind = TRITON_TYPES[dtype].removeprefix("TYPE_")
+        rows.append(f"| `{name}` | {kind} | {shape} |" + (f" {meaning} |" if meaning else " |"))
     return rows
 
 
@@ -261,9 +224,9 @@ def resolve_detector(artifact: Path, detector: str) -> str:
     if detector not in DETECTORS:
         raise MaskrtError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     if detector == "auto":
-        return "tensorrt" if suffix == ".engine" else "python"
-    needs = {"tensorrt": ".engine", "onnxruntime": ".onnx"}.get(detector)
-    if needs and suffix != needs:
+        return "tensorrt" if SUFFIX_BACKEND.get(suffix) == "tensorrt" else "python"
+    if detector != "python" and SUFFIX_BACKEND.get(suffix) != detector:
+        needs = next(s for s, b in SUFFIX_BACKEND.items() if b == detector)
         raise MaskrtError(f"the {detector} detector serves a {needs} file, not {artifact.name}")
     return detector
 
@@ -278,7 +241,7 @@ def _fresh_model_folders(root: Path, names: list[str]) -> None:
 def _write_python(
     root: Path, src: Path, spec: ModelSpec, name: str, max_batch: int, instances: int
 ) -> None:
-    backend = _SUFFIX_BACKEND[src.suffix.lower()]
+    backend = SUFFIX_BACKEND[src.suffix.lower()]
     version = root / name / "1"
     version.mkdir(parents=True)
     artifact_file = f"model{src.suffix.lower()}"
@@ -377,8 +340,6 @@ def write_repository(
     root = Path(out)
     if root.exists() and any(root.iterdir()) and not force:
         raise MaskrtError(f"{root} is not empty; pass --force to overwrite it")
-    from .ensemble import STEP_SUFFIXES
-
     _fresh_model_folders(root, [name] + [name + s for s in STEP_SUFFIXES])
     if detector == "python":
         _write_python(root, src, spec, name, max_batch, instances)
