@@ -372,7 +372,7 @@ def paste_inputs(
         wh = rng.uniform([w * 0.4, h * 0.4], [w, h], size=(num, 2))
         xy = rng.uniform(0, 1, size=(num, 2)) * ([w, h] - wh)
     else:
-        raise ValueError(f"unknown paste case {kind!r}; choose from {PASTE_CASES}")
+        raise MaskrtError(f"unknown paste case {kind!r}; choose from {PASTE_CASES}")
     boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
     return masks, boxes
 

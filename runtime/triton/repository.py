@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maskrt.errors import MaskrtError
+from maskrt.errors import InternalError, MaskrtError
 from maskrt.fileio import atomic_write_text
 from maskrt.specs import ModelSpec
 
@@ -350,5 +350,5 @@ def write_repository(
 
         problems = check_repository(root)
         if problems:
-            raise MaskrtError(f"internal: the repository in {root} is inconsistent: {problems[0]}")
+            raise InternalError(f"the repository in {root} is inconsistent: {problems[0]}")
     return root
