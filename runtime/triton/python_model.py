@@ -1,6 +1,6 @@
 """maskrt's models inside Triton's Python backend: the ``python`` detector (encoded images ->
 maskrt Predictor -> detections, the tensors of :mod:`maskrt.runtime.triton.tensors`) and the
-ensemble's pre- and post-processing steps (:mod:`maskrt.runtime.triton.ensemble`).
+ensemble's pre- and post-processing steps (:mod:`maskrt.runtime.triton.layout`).
 
 :func:`decode_request` and :func:`encode_response` are plain numpy and tested outside Triton;
 :class:`TritonPythonModel` is the glue Triton calls (``triton_python_backend_utils`` exists only
