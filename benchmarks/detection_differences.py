@@ -25,7 +25,7 @@ import numpy as np
 from maskrt.detections import Detections, match_detections, same_detections
 from maskrt.export import export_onnx
 from maskrt.machine import machine_facts, machine_line
-from maskrt.pipeline.bench import (
+from maskrt.pipeline.bench.harness import (
     OnnxRuntimeSide,
     StageTimes,
     TorchvisionSide,

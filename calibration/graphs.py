@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from maskrt import contract
-from maskrt.errors import MaskrtError
+from maskrt.errors import InternalError, MaskrtError
 from maskrt.onnxio import metadata, set_metadata
 
 
@@ -38,7 +38,7 @@ def toposort(graph: onnx.GraphProto) -> None:
                 rest.append(node)
         if len(rest) == len(pending):
             missing = sorted({t for n in rest for t in n.input if t not in produced})[:3]
-            raise MaskrtError(f"internal: graph has a cycle or unproduced tensors {missing}")
+            raise InternalError(f"graph has a cycle or unproduced tensors {missing}")
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -736,7 +736,7 @@ def _unchanged() -> Iterator[None]:
 
 def load_check_images(
     model: Any,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | os.PathLike[str]],
     batch: int | None,
     height: int | None,
     width: int | None,

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 from tqdm import tqdm
 
 from maskrt import contract
-from maskrt.errors import MaskrtError
+from maskrt.errors import InternalError, MaskrtError
 from maskrt.fileio import check_writable
 from maskrt.introspect import reconcile, spec_from_module
 from maskrt.onnxio import IR_VERSION, save_onnx
@@ -116,7 +116,7 @@ def _stamp_io(
     for ts in specs:
         v = by_name.get(ts.name)
         if v is None:
-            raise MaskrtError(f"internal: traced graph lacks {ts.name!r}")
+            raise InternalError(f"traced graph lacks {ts.name!r}")
         shape = [fixed.get(d, d) if isinstance(d, str) else d for d in ts.shape]
         new = helper.make_tensor_value_info(ts.name, _NP_TO_ONNX[ts.dtype], shape)
         v.CopyFrom(new)
@@ -136,11 +136,11 @@ def unit_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def verify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Check a deploy graph; return it with inferred shapes. Raises MaskrtError on a defect."""
+    """Check a deploy graph; return it with inferred shapes. Raises InternalError on a defect."""
     ops = Counter(n.op_type for n in model.graph.node)
     bad = [op for op in FORBIDDEN_OPS if ops.get(op)]
     if bad:
-        raise MaskrtError(f"internal: deploy graph contains {', '.join(bad)}")
+        raise InternalError(f"deploy graph contains {', '.join(bad)}")
     try:
         inferred = onnx.shape_inference.infer_shapes(
             model, check_type=True, strict_mode=True, data_prop=True
@@ -148,7 +148,7 @@ def verify(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(inferred, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0]
-        raise MaskrtError(f"internal: exported graph fails ONNX checks: {first}") from None
+        raise InternalError(f"exported graph fails ONNX checks: {first}") from e
     return inferred
 
 
@@ -225,12 +225,10 @@ def build_onnx(
     units = unit_nodes(onnx_model)
     expected_units = 1 + int(spec.has_masks) + int(spec.has_keypoints)
     if len(units) != expected_units:
-        raise MaskrtError(
-            f"internal: {len(units)} RoIAlign units traced, expected {expected_units}"
-        )
+        raise InternalError(f"{len(units)} RoIAlign units traced, expected {expected_units}")
     num_levels = {len(n.input) - 1 for n in units}
     if len(num_levels) != 1:
-        raise MaskrtError("internal: RoIAlign units with different numbers of feature levels")
+        raise InternalError("RoIAlign units with different numbers of feature levels")
     onnx_model.functions.append(multiscale_roi_align_function(num_levels.pop(), opset))
     if not any(o.domain == UNIT_DOMAIN for o in onnx_model.opset_import):
         onnx_model.opset_import.append(helper.make_opsetid(UNIT_DOMAIN, UNIT_DOMAIN_VERSION))

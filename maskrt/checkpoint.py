@@ -179,10 +179,7 @@ def load_checkpoint(
             raise MaskrtError(
                 f"{p} is a plain state_dict without a model spec; name its architecture with --arch"
             )
-        try:
-            spec = default_spec(arch, num_classes=_infer_num_classes(state, arch))
-        except SpecError as e:
-            raise MaskrtError(str(e)) from None
+        spec = default_spec(arch, num_classes=_infer_num_classes(state, arch))
     return spec, load_state(spec, state, source=str(p))
 
 

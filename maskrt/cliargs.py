@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from maskrt.errors import MaskrtError
-from maskrt.specs import ARCHS, SpecError, parse_factory_args
+from maskrt.specs import ARCHS, parse_factory_args
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,11 +96,8 @@ def factory_kwargs(model_factory: str | None, factory_args: Sequence[str]) -> di
         if factory_args:
             raise MaskrtError("--factory-arg needs --model-factory")
         return {}
-    try:
-        args = parse_factory_args(factory_args) if factory_args else None
-        return {"factory": model_factory, "factory_args": args}
-    except SpecError as e:
-        raise MaskrtError(str(e)) from None
+    args = parse_factory_args(factory_args) if factory_args else None
+    return {"factory": model_factory, "factory_args": args}
 
 
 def checkpoint_options(

@@ -1,8 +1,22 @@
-"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+"""maskrt's two kinds of failure, told apart as Polygraphy does (PolygraphyException vs
+PolygraphyInternalException):
+
+* :class:`MaskrtError`, the one root of user errors: bad input or an unmet precondition. The CLI
+  prints the message as one line and exits non-zero, no traceback.
+* :class:`InternalError`: maskrt's own bug (a graph it built fails its checks, a repository it
+  wrote disagrees with itself). Not a MaskrtError, so no ``except MaskrtError`` swallows it; the
+  CLI says it is a bug and how to get the traceback (:data:`DEBUG_ENV`).
+"""
+
+DEBUG_ENV = "MASKRT_DEBUG"  # set (to anything) for the traceback of an unexpected failure
 
 
 class MaskrtError(Exception):
     """Bad input or an unmet precondition, explained in one line for the user."""
+
+
+class InternalError(Exception):
+    """A bug in maskrt, not in the user's input: reported as one, with how to get the traceback."""
 
 
 # The extra of `pip install "maskrt[...]"` that brings each optional library (pyproject.toml's

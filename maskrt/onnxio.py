@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskrt import contract
-from maskrt.errors import MaskrtError
+from maskrt.errors import InternalError, MaskrtError
 from maskrt.fileio import atomic_path, check_writable
 from maskrt.specs import ModelSpec, SpecError
 
@@ -80,9 +80,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str], *, force: bo
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MaskrtError(
-            f"internal: the graph for {target} fails the ONNX checker: {first}"
-        ) from None
+        raise InternalError(f"the graph for {target} fails the ONNX checker: {first}") from e
     with atomic_path(target) as tmp:
         onnx.save(model, os.fspath(tmp))
     return target

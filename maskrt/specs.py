@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from maskrt.errors import MaskrtError
+
 # Architectures we can rebuild. The demo model is ours; the others are torchvision builders.
 DEMO_ARCH = "demo_maskrcnn"
 TORCHVISION_ARCHS = (
@@ -41,7 +43,7 @@ SPEC_VERSION = "1.1"
 SHAPES_CATEGORIES = ("circle", "square", "triangle")
 
 
-class SpecError(ValueError):
+class SpecError(MaskrtError):
     """A model spec that cannot describe a supported model."""
 
 

@@ -55,6 +55,7 @@ LEVEL_EPS = 1e-6
 PLUGIN_NAME: str = _CONTRACT["multilevel"]["name"]
 PLUGIN_VERSION: str = _CONTRACT["multilevel"]["version"]
 FIELD_TYPES: dict[str, str] = {f["name"]: f["type"] for f in _CONTRACT["multilevel"]["fields"]}
+MAX_LEVELS: int = _CONTRACT["multilevel"]["max_levels"]  # feature levels one node takes, at most
 
 # single-level mode (ONNX RoiAlign, avg): X [B, C, H, W], rois [R, 4], batch_indices [R]
 SINGLE_PLUGIN_NAME: str = _CONTRACT["single"]["name"]
@@ -104,10 +105,9 @@ class MultiLevelRoIAlignFields:
             raise MaskrtError(f"output_size must be >= 1, got {self.output_size}")
         if self.aligned not in (0, 1):
             raise MaskrtError(f"aligned must be 0 or 1, got {self.aligned}")
-        if not 1 <= len(self.spatial_scales) <= 8 or any(s <= 0 for s in self.spatial_scales):
-            raise MaskrtError(
-                f"spatial_scales needs 1..8 positive scales, got {self.spatial_scales}"
-            )
+        scales = self.spatial_scales
+        if not 1 <= len(scales) <= MAX_LEVELS or any(s <= 0 for s in scales):
+            raise MaskrtError(f"spatial_scales needs 1..{MAX_LEVELS} positive scales, got {scales}")
 
     def field_attributes(self) -> dict[str, Any]:
         """The fields as ONNX attributes (the export unit node's attributes)."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from maskrt.errors import MaskrtError
 from maskrt.plugins.contract import (
+    MAX_LEVELS,
     PLUGIN_DOMAIN,
     PLUGIN_NAME,
     SINGLE_PLUGIN_NAME,
@@ -40,7 +41,6 @@ from maskrt.plugins.roialign import multilevel_roi_align, roi_align_single
 
 # Op type suffix per level count, and the string attribute the rewrite adds.
 ATTR_SCALES_TEXT = "spatial_scales_text"
-MAX_LEVELS = 8
 _registered = False
 
 

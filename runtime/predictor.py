@@ -24,6 +24,7 @@ from .base import GraphPredictor, GraphRunner, Predictor
 
 __all__ = [
     "BACKENDS",
+    "SUFFIX_BACKEND",
     "GraphPredictor",
     "GraphRunner",
     "Predictor",
@@ -33,18 +34,19 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt"}
+# An artifact's file suffix (lower case) -> the backend that runs it; the one table of them.
+SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt"}
 
 
 def default_backend(artifact: str | os.PathLike[str]) -> str:
     """The natural backend of an artifact, from its suffix."""
     suffix = Path(artifact).suffix.lower()
-    if suffix not in _SUFFIX_BACKEND:
+    if suffix not in SUFFIX_BACKEND:
         raise MaskrtError(
             f"cannot tell the backend of {artifact} from its suffix; pass --backend "
             f"({', '.join(BACKENDS)})"
         )
-    return _SUFFIX_BACKEND[suffix]
+    return SUFFIX_BACKEND[suffix]
 
 
 def load_predictor(

@@ -7,12 +7,11 @@ so a developer's second run reuses them; a fresh CI checkout makes them once per
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
-
-import maskrt
 
 TEST_TRAIN_IMAGES = 200
 TEST_VAL_IMAGES = 24
@@ -22,11 +21,13 @@ HELDOUT_CALIB_IMAGES = 32
 
 
 def _code_key(*modules: str, extra: str = "") -> str:
-    """A short hash of the source files that determine a cached artefact."""
-    root = Path(maskrt.__file__).parent
+    """A short hash of the source files of ``modules`` (import names), which determine a cached
+    artefact; each file is found through its package, wherever its folder lies."""
     h = hashlib.sha256(extra.encode())
     for m in modules:
-        h.update((root / m).read_bytes())
+        spec = importlib.util.find_spec(m)
+        assert spec is not None and spec.origin is not None, m
+        h.update(Path(spec.origin).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -43,7 +44,7 @@ def _cached_dataset(
 ) -> Path:
     from maskrt.training.shapes import make_shapes_dataset
 
-    key = _code_key("training/shapes.py", extra=f"{train}/{val}/{seed}")
+    key = _code_key("maskrt.training.shapes", extra=f"{train}/{val}/{seed}")
     root = _cache_dir(request) / f"{name}-{key}"
     if not (root / "annotations" / "instances_val.json").is_file():
         shutil.rmtree(root, ignore_errors=True)
@@ -76,7 +77,10 @@ def demo_checkpoint(request: pytest.FixtureRequest, shapes_dataset: Path) -> Pat
     from maskrt.training.train import TrainConfig, train_demo
 
     key = _code_key(
-        "training/train.py", "specs.py", "training/shapes.py", extra=str(TEST_TRAIN_ITERS)
+        "maskrt.training.train",
+        "maskrt.specs",
+        "maskrt.training.shapes",
+        extra=str(TEST_TRAIN_ITERS),
     )
     path = _cache_dir(request) / f"demo-{key}.pt"
     if not path.is_file():

@@ -20,6 +20,7 @@ from export_reference import box_size, match_detections, preprocess, torchvision
 
 from maskrt import contract
 from maskrt.export import build_onnx, unit_nodes
+from maskrt.export.check import NUM_PROPOSALS, PROPOSALS
 from maskrt.specs import build_model, default_spec
 
 HW = (800, 1344)
@@ -89,9 +90,9 @@ def test_full_size_matches_torchvision(arch: str) -> None:
     ref = torchvision_reference(model, images, sizes)[0]
 
     # Proposals: same count, the leading ones in the same order, nearly all the same set.
-    n = int(graph["num_proposals"][0])
+    n = int(graph[NUM_PROPOSALS][0])
     assert n == len(ref.proposals)
-    props = graph["proposals"][0, :n]
+    props = graph[PROPOSALS][0, :n]
     in_place = np.abs(props - ref.proposals).max(1) <= _tol(ref.proposals)
     assert in_place.mean() >= 0.95, np.where(~in_place)[0][:20]
     assert _set_match(props, ref.proposals) >= 0.99

@@ -1,16 +1,18 @@
-"""The package's layering, read from the source tree (imports inside functions count too).
+"""The package's layering, stated on folders and read from the source tree.
 
-Layers, bottom up: the foundation (``maskrt.contract``, ``specs``, ``onnxio`` ... : what every
-stage imports), the stages (``maskrt.export``, ``calibration``, ``plugins``, ``runtime``) and
-``maskrt.training``, then ``maskrt.pipeline`` with the command line on top. Rules:
+Every folder at the top of the repository is one subpackage of ``maskrt`` (folder X ->
+``maskrt.X``, as pyproject.toml maps it into the wheel); ``maskrt/`` itself is the foundation.
+The folders stand in layers, bottom up::
 
-* the foundation imports no stage, no training and no pipeline module;
-* a stage never imports the pipeline or training; training imports only the foundation;
-* the import graph has no cycle. A module's edge to one of its own parent packages is not
-  counted: Python initialises a parent package before its submodules, so that edge orders
-  nothing (``maskrt.plugins._library`` reads ``maskrt.plugins.__path__``).
+    maskrt/  <-  plugins/  <-  export/ calibration/ runtime/  <-  pipeline/ training/
 
-The folder -> package mapping comes from pyproject.toml, as the wheel is built.
+A module may import its own folder, the foundation, and the folders ``MAY_IMPORT`` names for its
+folder: the real edges between stages (export, calibration and runtime use the plugin;
+calibration runs graphs through the runtime), training only the foundation, and the pipeline
+everything. Each named edge points to a lower layer, or sideways inside one, and the import graph
+has no cycle (imports inside functions count too). A module's edge to one of its own parent
+packages is not counted: Python initialises a parent package before its submodules, so that
+edge orders nothing (``maskrt.plugins._library`` reads ``maskrt.plugins.__path__``).
 """
 
 from __future__ import annotations
@@ -19,59 +21,77 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FOUNDATION = {
-    "maskrt",
-    "maskrt.checkpoint",
-    "maskrt.cliargs",
-    "maskrt.coco",
-    "maskrt.contract",
-    "maskrt.detections",
-    "maskrt.errors",
-    "maskrt.fileio",
-    "maskrt.introspect",
-    "maskrt.machine",
-    "maskrt.onnxio",
-    "maskrt.specs",
-}
-STAGES = ("maskrt.export", "maskrt.calibration", "maskrt.plugins", "maskrt.runtime")
-
-
-def layer(module: str) -> str:
-    if module in FOUNDATION:
-        return "foundation"
-    for prefix, name in [
-        *((s, "stage") for s in STAGES),
-        ("maskrt.training", "training"),
-        ("maskrt.pipeline", "pipeline"),
-    ]:
-        if module == prefix or module.startswith(prefix + "."):
-            return name
-    return "unknown"
-
-
-ALLOWED = {
-    "foundation": {"foundation"},
-    "stage": {"foundation", "stage"},
-    "training": {"foundation", "training"},
-    "pipeline": {"foundation", "stage", "training", "pipeline"},
+FOUNDATION = "maskrt"
+# Folders bottom up; a folder may import only from its own layer or below.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    (FOUNDATION,),
+    ("plugins",),
+    ("export", "calibration", "runtime"),
+    ("pipeline", "training"),
+)
+# The folders a folder may import besides itself and the foundation.
+MAY_IMPORT: dict[str, frozenset[str]] = {
+    FOUNDATION: frozenset(),
+    "plugins": frozenset(),
+    "export": frozenset({"plugins"}),
+    "calibration": frozenset({"plugins", "runtime"}),
+    "runtime": frozenset({"plugins"}),
+    "training": frozenset(),
+    "pipeline": frozenset({"plugins", "export", "calibration", "runtime", "training"}),
 }
 
 
-def source_modules(root: Path) -> dict[str, Path]:
-    """Module name -> file, for every package folder pyproject.toml maps into the wheel."""
+def layer_of(folder: str) -> int:
+    return next(i for i, folders in enumerate(LAYERS) if folder in folders)
+
+
+def rule_problems() -> list[str]:
+    """The table above against itself: every folder in one layer, no edge pointing upwards."""
+    problems = []
+    listed = [f for folders in LAYERS for f in folders]
+    if sorted(listed) != sorted(MAY_IMPORT) or len(set(listed)) != len(listed):
+        problems.append(f"LAYERS {listed} and MAY_IMPORT {sorted(MAY_IMPORT)} differ")
+        return problems
+    for folder, targets in MAY_IMPORT.items():
+        for target in sorted(targets):
+            if layer_of(target) > layer_of(folder):
+                problems.append(f"{folder} may import {target}, a higher layer")
+    return problems
+
+
+def wheel_packages(root: Path) -> dict[str, str]:
     config = tomllib.loads((root / "pyproject.toml").read_text())
-    packages: Mapping[str, str] = config["tool"]["scikit-build"]["wheel"]["packages"]
-    modules: dict[str, Path] = {}
+    return dict(config["tool"]["scikit-build"]["wheel"]["packages"])
+
+
+def mapping_problems(packages: Mapping[str, str]) -> list[str]:
+    """pyproject's folder mapping follows the rule: folder X is ``maskrt.X``, each one layered."""
+    problems = []
     for package, folder in packages.items():
+        expected = FOUNDATION if folder == FOUNDATION else f"{FOUNDATION}/{folder}"
+        if package != expected:
+            problems.append(f"folder {folder}/ maps to {package}, not {expected}")
+        if folder not in MAY_IMPORT:
+            problems.append(f"folder {folder}/ belongs to no layer (add it to LAYERS)")
+    for folder in sorted(set(MAY_IMPORT) - set(packages.values())):
+        problems.append(f"layer folder {folder}/ is not in the wheel")
+    return problems
+
+
+def source_modules(root: Path) -> dict[str, tuple[str, Path]]:
+    """Module name -> (its folder, its file) for each folder pyproject.toml maps into the wheel."""
+    modules: dict[str, tuple[str, Path]] = {}
+    for package, folder in wheel_packages(root).items():
         for f in sorted((root / folder).rglob("*.py")):
             parts = [*package.split("/"), *f.relative_to(root / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
-            modules[".".join(parts)] = f
+            modules[".".join(parts)] = (folder, f)
     return modules
 
 
@@ -110,24 +130,31 @@ def imports_of(module: str, path: Path, known: Iterable[str]) -> set[str]:
 
 def import_graph(root: Path) -> dict[str, set[str]]:
     modules = source_modules(root)
-    return {m: imports_of(m, p, modules) for m, p in modules.items()}
+    return {m: imports_of(m, p, modules) for m, (_, p) in modules.items()}
+
+
+def folders_of(root: Path) -> dict[str, str]:
+    return {m: folder for m, (folder, _) in source_modules(root).items()}
 
 
 def is_ancestor(package: str, module: str) -> bool:
     return module.startswith(package + ".")
 
 
-def layer_violations(graph: Mapping[str, set[str]]) -> list[str]:
+def layer_violations(graph: Mapping[str, set[str]], folders: Mapping[str, str]) -> list[str]:
+    """Every import that leaves its folder for one the folder may not import."""
     problems = []
     for module, targets in sorted(graph.items()):
-        if layer(module) == "unknown":
-            problems.append(f"{module} belongs to no layer (add it to tests/test_layering.py)")
+        source = folders[module]
+        if source not in MAY_IMPORT:
+            problems.append(f"{module} ({source}/) belongs to no layer")
             continue
         for target in sorted(targets):
             if is_ancestor(target, module):
                 continue
-            if layer(target) not in ALLOWED[layer(module)]:
-                problems.append(f"{module} ({layer(module)}) imports {target} ({layer(target)})")
+            folder = folders[target]
+            if folder not in (source, FOUNDATION) and folder not in MAY_IMPORT[source]:
+                problems.append(f"{module} ({source}/) imports {target} ({folder}/)")
     return problems
 
 
@@ -168,30 +195,59 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_foundation_and_stages_never_import_upwards() -> None:
-    assert layer_violations(import_graph(ROOT)) == []
+def test_the_layer_table_points_downwards() -> None:
+    assert rule_problems() == []
+
+
+def test_pyproject_maps_each_folder_by_the_rule() -> None:
+    assert mapping_problems(wheel_packages(ROOT)) == []
+
+
+def test_no_folder_imports_outside_its_rule() -> None:
+    assert layer_violations(import_graph(ROOT), folders_of(ROOT)) == []
 
 
 def test_import_graph_has_no_cycle() -> None:
     assert cycles(import_graph(ROOT)) == []
 
 
-def test_the_checks_catch_a_violation_and_a_cycle(tmp_path: Path) -> None:
+def test_the_checks_catch_wrong_edges_a_cycle_and_a_wrong_mapping(tmp_path: Path) -> None:
     """The rules above fail on a tree that breaks them (imports inside a function included)."""
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.scikit-build.wheel.packages]\n"maskrt" = "maskrt"\n"maskrt/runtime" = "runtime"\n'
+        "[tool.scikit-build.wheel.packages]\n"
+        + "".join(f'"maskrt/{f}" = "{f}"\n' for f in ("runtime", "export", "pipeline"))
+        + '"maskrt" = "maskrt"\n'
     )
-    (tmp_path / "maskrt" / "pipeline").mkdir(parents=True)
-    (tmp_path / "runtime").mkdir()
-    (tmp_path / "maskrt" / "__init__.py").write_text("")
-    (tmp_path / "maskrt" / "pipeline" / "__init__.py").write_text("")
-    (tmp_path / "maskrt" / "pipeline" / "convert.py").write_text("")
+    for folder in ("maskrt", "runtime", "export", "pipeline"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "pipeline" / "convert.py").write_text("")
+    (tmp_path / "export" / "deploy.py").write_text("")
     (tmp_path / "maskrt" / "errors.py").write_text("def f():\n    from .pipeline import convert\n")
     (tmp_path / "runtime" / "__init__.py").write_text("from . import a\n")
     (tmp_path / "runtime" / "a.py").write_text("def g():\n    from .b import x\n")
-    (tmp_path / "runtime" / "b.py").write_text("from maskrt.runtime.a import g\n")
+    (tmp_path / "runtime" / "b.py").write_text(
+        "from maskrt.runtime.a import g\nfrom maskrt.export import deploy\n"
+    )
     graph = import_graph(tmp_path)
-    assert layer_violations(graph) == [
-        "maskrt.errors (foundation) imports maskrt.pipeline.convert (pipeline)"
+    assert layer_violations(graph, folders_of(tmp_path)) == [
+        "maskrt.errors (maskrt/) imports maskrt.pipeline.convert (pipeline/)",
+        "maskrt.runtime.b (runtime/) imports maskrt.export.deploy (export/)",
     ]
     assert cycles(graph) == [["maskrt.runtime.a", "maskrt.runtime.b"]]
+    assert mapping_problems(
+        {"maskrt": "maskrt", "maskrt/serving": "runtime", "maskrt/extra": "extra"}
+    ) == [
+        "folder runtime/ maps to maskrt/serving, not maskrt/runtime",
+        "folder extra/ belongs to no layer (add it to LAYERS)",
+        "layer folder calibration/ is not in the wheel",
+        "layer folder export/ is not in the wheel",
+        "layer folder pipeline/ is not in the wheel",
+        "layer folder plugins/ is not in the wheel",
+        "layer folder training/ is not in the wheel",
+    ]
+
+
+def test_the_rule_check_catches_an_upward_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(MAY_IMPORT, "plugins", frozenset({"runtime"}))
+    assert rule_problems() == ["plugins may import runtime, a higher layer"]

@@ -36,7 +36,7 @@ from maskrt.detections import Detections, match_detections
 from maskrt.pipeline.main import main
 from maskrt.runtime import filter_by_score, load_predictor, read_image
 from maskrt.runtime.triton import TritonServer, write_repository
-from maskrt.runtime.triton.repository import model_config
+from maskrt.runtime.triton.configs import model_config
 from maskrt.specs import default_spec
 from maskrt.training.shapes import split_paths
 
@@ -439,7 +439,7 @@ def test_ensemble_configs_parse_and_match_their_artifacts(
 
     from maskrt.errors import MaskrtError
     from maskrt.plugins.surgery import surgery_file
-    from maskrt.runtime.triton.ensemble import check_repository, parse_config
+    from maskrt.runtime.triton.check import check_repository, parse_config
 
     _, graph = served
     onnx_repo = write_repository(graph, tmp_path / "ort", detector="onnxruntime", max_batch=4)

@@ -25,6 +25,8 @@
 #define MASKRT_ROIALIGN_ECUDA 3        /* a CUDA launch failed */
 #define MASKRT_ROIALIGN_ENOMEM 4       /* host memory ran out (std::bad_alloc, caught) */
 #define MASKRT_ROIALIGN_EINTERNAL 5    /* any other C++ exception, caught at the C ABI */
+/* contract.json's multilevel.max_levels; this header stands alone (the kernel compiles without
+ * the generated contract header), and roialign_cpu.cpp asserts the two agree at compile time. */
 #define MASKRT_ROIALIGN_MAX_LEVELS 8
 
 /* Text of a MASKRT_ROIALIGN_E* code (inline so every library has it without linking another). */

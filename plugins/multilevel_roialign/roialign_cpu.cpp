@@ -12,6 +12,10 @@
 #include "roialign_contract.h"
 #include "roialign_math.h"
 
+// The C API's level limit is the contract's (contract.json, multilevel.max_levels).
+static_assert(MASKRT_ROIALIGN_MAX_LEVELS == MASKRT_MULTILEVEL_MAX_LEVELS,
+              "roialign_api.h's MASKRT_ROIALIGN_MAX_LEVELS differs from contract.json's max_levels");
+
 namespace {
 
 using maskrt::roialign::BilinearTaps;

@@ -84,7 +84,7 @@ struct MultilevelParams {
     int32_t output_size = MASKRT_MULTILEVEL_DEFAULT_OUTPUT_SIZE;
     int32_t sampling_ratio = MASKRT_MULTILEVEL_DEFAULT_SAMPLING_RATIO;
     int32_t aligned = MASKRT_MULTILEVEL_DEFAULT_ALIGNED;
-    std::vector<float> spatial_scales{0.25f, 0.125f, 0.0625f, 0.03125f};
+    std::vector<float> spatial_scales{MASKRT_MULTILEVEL_DEFAULT_SPATIAL_SCALES};
     int32_t canonical_scale = MASKRT_MULTILEVEL_DEFAULT_CANONICAL_SCALE;
     int32_t canonical_level = MASKRT_MULTILEVEL_DEFAULT_CANONICAL_LEVEL;
 
@@ -102,7 +102,8 @@ struct MultilevelParams {
         }
         if (p.output_size < 1) throw std::invalid_argument("output_size must be >= 1");
         if (p.spatial_scales.empty() || p.spatial_scales.size() > MASKRT_ROIALIGN_MAX_LEVELS) {
-            throw std::invalid_argument("spatial_scales needs 1..8 levels");
+            throw std::invalid_argument(
+                "spatial_scales needs 1.." + std::to_string(MASKRT_ROIALIGN_MAX_LEVELS) + " levels");
         }
         for (float s : p.spatial_scales) {
             if (!(s > 0.0f)) throw std::invalid_argument("spatial_scales must be > 0");

@@ -6,9 +6,11 @@
   PATH or the one in the ``nvidia-pytriton`` wheel, started, waited for, stopped cleanly.
 * :mod:`.python_model` -- the Python-backend model the repository's detector runs.
 
-* :mod:`.ensemble` -- the ensemble layout around Triton's own TensorRT / ONNX Runtime backend,
-  and :func:`check_repository` (configs parsed with Triton's ModelConfig, checked against each
-  other and the artifact).
+* :mod:`.layout` -- the two layouts (the python detector; the ensemble around Triton's own
+  TensorRT / ONNX Runtime backend) and their names; :mod:`.tensors` -- the request and response
+  tensors; :mod:`.facts`, :mod:`.configs`, :mod:`.readme` -- what the writer reads and writes;
+  :func:`check_repository` (:mod:`.check`: configs parsed with Triton's ModelConfig, checked
+  against each other and the artifact).
 
 The ``python`` detector is one Python-backend model running maskrt's own
 :class:`~maskrt.runtime.Predictor` (any backend); the ensemble is pre-processing (Python) ->
@@ -16,9 +18,10 @@ The ``python`` detector is one Python-backend model running maskrt's own
 requests with the same tensors.
 """
 
-from .ensemble import check_repository
-from .repository import REQUEST_INPUT, write_repository
+from .check import check_repository
+from .repository import write_repository
 from .server import TritonServer, find_tritonserver
+from .tensors import REQUEST_INPUT
 
 __all__ = [
     "REQUEST_INPUT",

@@ -1,6 +1,6 @@
 """maskrt's models inside Triton's Python backend: the ``python`` detector (encoded images ->
-maskrt Predictor -> detections, the tensors of :mod:`maskrt.runtime.triton.repository`) and the
-ensemble's pre- and post-processing steps (:mod:`maskrt.runtime.triton.ensemble`).
+maskrt Predictor -> detections, the tensors of :mod:`maskrt.runtime.triton.tensors`) and the
+ensemble's pre- and post-processing steps (:mod:`maskrt.runtime.triton.layout`).
 
 :func:`decode_request` and :func:`encode_response` are plain numpy and tested outside Triton;
 :class:`TritonPythonModel` is the glue Triton calls (``triton_python_backend_utils`` exists only
@@ -36,8 +36,8 @@ from maskrt.specs import ModelSpec
 from ..images import decode_image
 from ..postprocess import postprocess
 from ..preprocess import Batch, preprocess
-from .ensemble import ORIGINAL_SIZE
-from .repository import REQUEST_INPUT, SPEC_FILE
+from .layout import SPEC_FILE
+from .tensors import ORIGINAL_SIZE, REQUEST_INPUT, RESPONSE
 
 
 class RequestError(MaskrtError):
@@ -86,22 +86,23 @@ def encode_response(
     """One image's detections -> the response tensors (batch dimension 1)."""
     from maskrt.coco import encode_mask
 
-    out: dict[str, np.ndarray] = {
-        "num_detections": np.asarray([[len(dets)]], np.int32),
-        "boxes": np.asarray(dets.boxes, np.float32).reshape(1, -1, 4),
-        "scores": np.asarray(dets.scores, np.float32).reshape(1, -1),
-        "labels": np.asarray(dets.labels, np.int32).reshape(1, -1),
+    k = len(dets)
+    arrays: dict[str, Any] = {
+        "num_detections": [[k]],
+        "boxes": np.reshape(dets.boxes, (1, -1, 4)),
+        "scores": np.reshape(dets.scores, (1, -1)),
+        "labels": np.reshape(dets.labels, (1, -1)),
     }
     if with_masks:
         rles = [] if dets.masks is None else [encode_mask(m) for m in dets.masks]
-        document = json.dumps(rles).encode()
-        out["masks"] = np.frombuffer(document, np.uint8).reshape(1, -1)
+        arrays["masks"] = np.frombuffer(json.dumps(rles).encode(), np.uint8).reshape(1, -1)
     if num_keypoints:
-        keypoints = np.zeros((len(dets), num_keypoints, 3), np.float32)
+        keypoints = np.zeros((k, num_keypoints, 3), np.float32)
         if dets.keypoints is not None:
             keypoints[:] = dets.keypoints
-        out["keypoints"] = keypoints[None]
-    return out
+        arrays["keypoints"] = keypoints[None]
+    # names and element types from the one table of response tensors
+    return {n: np.asarray(a, RESPONSE[n].dtype) for n, a in arrays.items()}
 
 
 def preprocess_request(

@@ -1,30 +1,6 @@
-"""``maskrt triton``: a Triton model repository for a deploy artifact.
-
-Two layouts answer the same requests with the same tensors:
-
-* ``python`` detector: one Python-backend model that decodes encoded images, runs maskrt's
-  :class:`~maskrt.runtime.Predictor` (any backend) on the artifact copied into it and answers
-  with detections in original-image pixels; each execution's images are predicted as one batch.
-  The only layout the Triton build this workplace installs can run (it has no GPU backends).
-* ``tensorrt`` / ``onnxruntime`` detector: an ensemble of pre-processing, the artifact on
-  Triton's own TensorRT or ONNX Runtime backend, and post-processing (:mod:`.ensemble`).
-
-One image per request; Triton batches the requests (dynamic batching, ragged inputs).
-Tensors, after Triton's batch dimension (always 1 per request)::
-
-    image           UINT8  [-1]       the encoded image file (PNG, JPEG, ...), as bytes
-    num_detections  INT32  [1]        N, the detections of this image
-    boxes           FP32   [-1, 4]    x1, y1, x2, y2 in original-image pixels, by descending score
-    scores          FP32   [-1]
-    labels          INT32  [-1]       1..num_classes-1
-    masks           UINT8  [-1]       UTF-8 JSON: the COCO RLE of each pasted mask (Mask R-CNN)
-    keypoints       FP32   [-1, K, 3] x, y, visibility score (Keypoint R-CNN)
-
-No BYTES tensors: they cannot cross the Python backend's stub by DLPack, and its numpy path is
-broken under numpy 2 (see :mod:`.python_model`). A request that fails (bytes that are no
-image, an image too large) gets an error response of its own, a client error (INVALID_ARG: HTTP
-400, gRPC INVALID_ARGUMENT; INTERNAL is left for maskrt's own failures); the other requests of
-the batch are answered.
+"""``maskrt triton``: write a Triton model repository for a deploy artifact, in one of two
+layouts (:mod:`.layout`), answering with the tensors of :mod:`.tensors`; the configs come from
+:mod:`.configs`, the README from :mod:`.readme`, the check from :mod:`.check`.
 """
 
 from __future__ import annotations
@@ -32,28 +8,26 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from maskrt.errors import MaskrtError
+from maskrt.errors import InternalError, MaskrtError
 from maskrt.fileio import atomic_write_text
 from maskrt.specs import ModelSpec
 
-if TYPE_CHECKING:
-    from .ensemble import DetectorFacts
+from ..predictor import SUFFIX_BACKEND
+from .configs import (
+    detector_config,
+    ensemble_config,
+    model_config,
+    post_config,
+    pre_config,
+    response_outputs,
+)
+from .facts import DetectorFacts, artifact_spec, engine_detector_facts, onnx_detector_facts
+from .layout import MODEL_FILES, SPEC_FILE, STEP_SUFFIXES, plugin_folder
+from .readme import ensemble_readme, python_readme
+from .tensors import REQUEST_INPUT
 
-REQUEST_INPUT = "image"
 DETECTORS = ("auto", "python", "onnxruntime", "tensorrt")
-SPEC_FILE = "maskrt_spec.json"  # the model spec beside a pre/post-processing model
-
-
-def plugin_folder(name: str) -> str:
-    """The repository folder holding the TensorRT plugin library of ensemble ``name``: its
-    detector model's folder, beside config.pbtxt. Triton takes every folder of the repository's
-    root for a model (a ``plugins/`` folder there stops the server at start) and only the
-    numeric folders inside a model's folder for versions; plain files there it leaves alone."""
-    from .ensemble import STEP_SUFFIXES
-
-    return name + STEP_SUFFIXES[1]
 
 
 # Repository-side file of the Python-backend model: the real code is maskrt.runtime.triton's
@@ -80,180 +54,6 @@ from maskrt.runtime.triton.python_model import {entry} as TritonPythonModel  # n
 '''
 
 
-_SUFFIX_BACKEND = {".onnx": "onnxruntime", ".engine": "tensorrt", ".pt": "torch", ".pth": "torch"}
-
-
-def artifact_spec(artifact: Path) -> ModelSpec:
-    """The model spec of a deploy artifact, read without running it."""
-    suffix = artifact.suffix.lower()
-    if suffix == ".onnx":
-        from maskrt.onnxio import read_spec
-
-        return read_spec(artifact)
-    if suffix == ".engine":
-        from ..sidecar import read_sidecar
-
-        return read_sidecar(artifact).spec
-    if suffix in (".pt", ".pth"):
-        from maskrt.checkpoint import checkpoint_spec
-
-        return checkpoint_spec(artifact)
-    raise MaskrtError(
-        f"cannot serve {artifact}: expected an .onnx graph, an .engine or a checkpoint"
-    )
-
-
-def _outputs(spec: ModelSpec) -> list[tuple[str, str, str]]:
-    """(name, Triton data type, dims without the batch dimension) of each response tensor."""
-    rows = [
-        ("num_detections", "TYPE_INT32", "[ 1 ]"),
-        ("boxes", "TYPE_FP32", "[ -1, 4 ]"),
-        ("scores", "TYPE_FP32", "[ -1 ]"),
-        ("labels", "TYPE_INT32", "[ -1 ]"),
-    ]
-    if spec.has_masks:
-        rows.append(("masks", "TYPE_UINT8", "[ -1 ]"))
-    if spec.has_keypoints:
-        rows.append(("keypoints", "TYPE_FP32", f"[ -1, {spec.num_keypoints}, 3 ]"))
-    return rows
-
-
-def model_config(
-    name: str, spec: ModelSpec, artifact_file: str, backend: str, max_batch: int, instances: int
-) -> str:
-    """The ``config.pbtxt`` of the python detector (Triton's ModelConfig in text format)."""
-    outputs = ",\n".join(
-        f'  {{ name: "{n}" data_type: {t} dims: {d} }}' for n, t, d in _outputs(spec)
-    )
-    return (
-        f'name: "{name}"\n'
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch}\n"
-        f'input [\n  {{ name: "{REQUEST_INPUT}" data_type: TYPE_UINT8 dims: [ -1 ] '
-        "allow_ragged_batch: true }\n]\n"
-        f"output [\n{outputs}\n]\n"
-        "dynamic_batching { max_queue_delay_microseconds: 5000 }\n"
-        f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
-        f'parameters {{ key: "artifact" value: {{ string_value: "{artifact_file}" }} }}\n'
-        f'parameters {{ key: "backend" value: {{ string_value: "{backend}" }} }}\n'
-    )
-
-
-def _tensor_rows(spec: ModelSpec) -> list[str]:
-    """The README's table of the request and response tensors (both layouts share them)."""
-    rows = [
-        "| tensor | type | shape (after the batch dimension) | meaning |",
-        "|---|---|---|---|",
-        f"| `{REQUEST_INPUT}` (input) | UINT8 | [-1] | the encoded image file (PNG, JPEG, ...) |",
-        "| `num_detections` | INT32 | [1] | detections of this image |",
-        "| `boxes` | FP32 | [-1, 4] | x1, y1, x2, y2, original-image pixels, by descending score |",
-        "| `scores` | FP32 | [-1] | |",
-        "| `labels` | INT32 | [-1] | 1..num_classes-1 |",
-    ]
-    if spec.has_masks:
-        rows.append("| `masks` | UINT8 | [-1] | UTF-8 JSON list: COCO RLE of each pasted mask |")
-    if spec.has_keypoints:
-        rows.append(f"| `keypoints` | FP32 | [-1, {spec.num_keypoints}, 3] | x, y, score |")
-    return rows
-
-
-def _ensemble_readme(
-    name: str,
-    detector: str,
-    facts: DetectorFacts,
-    artifact: Path,
-    instances: int,
-    plugin: Path | None,
-) -> str:
-    from .ensemble import MODEL_FILES, PLATFORMS
-
-    h, w = facts.canvas
-    backend_config = ""
-    lines = [
-        f"# Triton model repository: `{name}` ({facts.spec.name})",
-        "",
-        f"Written by `maskrt triton --detector {detector}` for `{artifact.name}`: an ensemble.",
-        "",
-        "| model | runs | what |",
-        "|---|---|---|",
-        f"| `{name}` | ensemble | what clients call: the three steps below |",
-        f"| `{name}_pre` | Python backend | decodes the image, resizes it like torchvision and "
-        f"pads it to {h}x{w} |",
-        f"| `{name}_detector` | `{PLATFORMS[detector]}` | `{MODEL_FILES[detector]}`, batches of "
-        f"up to {facts.max_batch}, {instances} instance(s) |",
-        f"| `{name}_post` | Python backend | boxes and keypoints to original pixels, masks "
-        "pasted and RLE-encoded |",
-        "",
-        *_tensor_rows(facts.spec),
-        "",
-        "Run it on a GPU in NVIDIA's Triton container (the Python steps need `pip install maskrt`,",
-        "the base install: numpy, pycocotools, pillow):",
-        "",
-    ]
-    if facts.uses_plugins:
-        folder = plugin_folder(name)
-        from maskrt.plugins import PLUGIN_AUTOREG_LIBRARY
-
-        library = plugin.name if plugin is not None else PLUGIN_AUTOREG_LIBRARY
-        where = f"/models/{folder}/{library}"
-        if plugin is not None:
-            lines.append(f"The engine uses maskrt's RoIAlign plugin: `{folder}/{library}`.")
-        else:
-            lines.append(
-                "The engine uses maskrt's RoIAlign plugin, and this machine has no build of it: "
-                "build maskrt with TensorRT (plugins/multilevel_roialign/README.md) and put "
-                f"`{library}` in "
-                f"`{folder}/`."
-            )
-        lines.append(
-            "It sits beside the detector's config.pbtxt, where Triton looks for no model (every "
-            "folder of the repository's root is a model to Triton, and a `plugins/` folder there "
-            "stops it at start). TensorRT's backend opens it from `--backend-config`, and it "
-            "registers its creators as it opens (it is linked to libnvinfer)."
-        )
-        lines.append("")
-        backend_config = f" --backend-config=tensorrt,plugins={where}"
-    lines += [
-        "```",
-        "docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
-        '  -v "$PWD":/models nvcr.io/nvidia/tritonserver:<release>-py3 \\',
-        '  bash -c "pip install maskrt && '
-        f'tritonserver --model-repository=/models{backend_config}"',
-        "```",
-        "",
-    ]
-    if detector == "tensorrt":
-        lines += [
-            "The engine must come from the same TensorRT release as the container's (its "
-            "sidecar names the one it was built with).",
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def _readme(name: str, spec: ModelSpec, artifact: Path, max_batch: int, instances: int) -> str:
-    lines = [
-        f"# Triton model repository: `{name}` ({spec.arch})",
-        "",
-        f"Written by `maskrt triton` for `{artifact.name}`. Serve it with `maskrt serve .`",
-        "(a local Triton) or mount it in NVIDIA's Triton container with maskrt installed in it.",
-        "",
-        f"`{name}` is a Python-backend model that runs maskrt's Predictor on the artifact in",
-        f"`{name}/1/`; dynamic batching on, at most {max_batch} images per execution, "
-        f"{instances} instance(s).",
-        "",
-        *_tensor_rows(spec),
-    ]
-    lines += [
-        "",
-        "One image per request (batch dimension 1); Triton batches requests. A request that",
-        "fails (not an image, too large) gets its own error response, HTTP 400 / gRPC",
-        "INVALID_ARGUMENT; the other requests batched with it are answered.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def resolve_detector(artifact: Path, detector: str) -> str:
     """The detector layout for ``artifact``: ``auto`` is the TensorRT ensemble for an engine
     and the python detector otherwise (it runs on any Triton, this workplace's included)."""
@@ -261,9 +61,9 @@ def resolve_detector(artifact: Path, detector: str) -> str:
     if detector not in DETECTORS:
         raise MaskrtError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     if detector == "auto":
-        return "tensorrt" if suffix == ".engine" else "python"
-    needs = {"tensorrt": ".engine", "onnxruntime": ".onnx"}.get(detector)
-    if needs and suffix != needs:
+        return "tensorrt" if SUFFIX_BACKEND.get(suffix) == "tensorrt" else "python"
+    if detector != "python" and SUFFIX_BACKEND.get(suffix) != detector:
+        needs = next(s for s, b in SUFFIX_BACKEND.items() if b == detector)
         raise MaskrtError(f"the {detector} detector serves a {needs} file, not {artifact.name}")
     return detector
 
@@ -278,7 +78,7 @@ def _fresh_model_folders(root: Path, names: list[str]) -> None:
 def _write_python(
     root: Path, src: Path, spec: ModelSpec, name: str, max_batch: int, instances: int
 ) -> None:
-    backend = _SUFFIX_BACKEND[src.suffix.lower()]
+    backend = SUFFIX_BACKEND[src.suffix.lower()]
     version = root / name / "1"
     version.mkdir(parents=True)
     artifact_file = f"model{src.suffix.lower()}"
@@ -292,40 +92,32 @@ def _write_python(
         root / name / "config.pbtxt",
         model_config(name, spec, artifact_file, backend, max_batch, instances),
     )
-    atomic_write_text(root / "README.md", _readme(name, spec, src, max_batch, instances))
+    atomic_write_text(root / "README.md", python_readme(name, spec, src, max_batch, instances))
 
 
 def _write_ensemble(
     root: Path, src: Path, detector: str, name: str, max_batch: int, instances: int
 ) -> DetectorFacts:
-    from . import ensemble as e
-
-    read = e.engine_detector_facts if detector == "tensorrt" else e.onnx_detector_facts
+    read = engine_detector_facts if detector == "tensorrt" else onnx_detector_facts
     facts = read(src, max_batch)
-    pre, det, post = (name + s for s in e.STEP_SUFFIXES)
-    responses = _outputs(facts.spec)
+    pre, det, post = (name + s for s in STEP_SUFFIXES)
+    responses = response_outputs(facts.spec)
     for model, entry in ((pre, "PreprocessModel"), (post, "PostprocessModel")):
         (root / model / "1").mkdir(parents=True)
         atomic_write_text(root / model / "1" / "model.py", _model_py(entry))
         atomic_write_text(root / model / "1" / SPEC_FILE, facts.spec.to_json())
     (root / det / "1").mkdir(parents=True)
-    shutil.copy2(src, root / det / "1" / e.MODEL_FILES[detector])
+    shutil.copy2(src, root / det / "1" / MODEL_FILES[detector])
     if detector == "tensorrt":  # the sidecar goes beside the plan (Triton ignores it)
         from ..sidecar import sidecar_path
 
-        shutil.copy2(sidecar_path(src), sidecar_path(root / det / "1" / e.MODEL_FILES[detector]))
+        shutil.copy2(sidecar_path(src), sidecar_path(root / det / "1" / MODEL_FILES[detector]))
     (root / name / "1").mkdir(parents=True)  # Triton wants a version folder, empty for ensembles
+    atomic_write_text(root / pre / "config.pbtxt", pre_config(pre, facts, instances, REQUEST_INPUT))
+    atomic_write_text(root / det / "config.pbtxt", detector_config(det, detector, facts, instances))
+    atomic_write_text(root / post / "config.pbtxt", post_config(post, facts, instances, responses))
     atomic_write_text(
-        root / pre / "config.pbtxt", e.pre_config(pre, facts, instances, REQUEST_INPUT)
-    )
-    atomic_write_text(
-        root / det / "config.pbtxt", e.detector_config(det, detector, facts, instances)
-    )
-    atomic_write_text(
-        root / post / "config.pbtxt", e.post_config(post, facts, instances, responses)
-    )
-    atomic_write_text(
-        root / name / "config.pbtxt", e.ensemble_config(name, facts, REQUEST_INPUT, responses)
+        root / name / "config.pbtxt", ensemble_config(name, facts, REQUEST_INPUT, responses)
     )
     plugin = None
     if facts.uses_plugins:
@@ -337,7 +129,7 @@ def _write_ensemble(
         if plugin is not None:
             shutil.copy2(plugin, root / plugin_folder(name) / plugin.name)
     atomic_write_text(
-        root / "README.md", _ensemble_readme(name, detector, facts, src, instances, plugin)
+        root / "README.md", ensemble_readme(name, detector, facts, src, instances, plugin)
     )
     return facts
 
@@ -377,17 +169,15 @@ def write_repository(
     root = Path(out)
     if root.exists() and any(root.iterdir()) and not force:
         raise MaskrtError(f"{root} is not empty; pass --force to overwrite it")
-    from .ensemble import STEP_SUFFIXES
-
     _fresh_model_folders(root, [name] + [name + s for s in STEP_SUFFIXES])
     if detector == "python":
         _write_python(root, src, spec, name, max_batch, instances)
     else:
         _write_ensemble(root, src, detector, name, max_batch, instances)
     if _can_check():
-        from .ensemble import check_repository
+        from .check import check_repository
 
         problems = check_repository(root)
         if problems:
-            raise MaskrtError(f"internal: the repository in {root} is inconsistent: {problems[0]}")
+            raise InternalError(f"the repository in {root} is inconsistent: {problems[0]}")
     return root

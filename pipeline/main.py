@@ -2,6 +2,7 @@
 
 Each verb lives in the ``cli.py`` of the package whose library it wraps and is registered here,
 the one place. Failures on bad input are one line on stderr and a non-zero exit, never a
+traceback; maskrt's own bugs (:class:`~maskrt.errors.InternalError`) say so, and how to get the
 traceback.
 """
 
@@ -13,11 +14,17 @@ from typing import Any
 
 import click
 
-from maskrt.errors import MaskrtError, missing_extra
+from maskrt.errors import DEBUG_ENV, InternalError, MaskrtError, missing_extra
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class _Group(click.Group):
-    """A click group that turns user-facing errors into one line and exit code 1."""
+    """A click group that turns user-facing errors into one line and exit code 1, and reports
+    maskrt's own bugs as bugs (the traceback with ``MASKRT_DEBUG`` set)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,17 +37,26 @@ class _Group(click.Group):
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except InternalError as e:  # our bug, not the user's input
+            if os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(
+                f"Error: internal error in maskrt (a bug; please report it): {_first_line(e)} "
+                f"(set {DEBUG_ENV}=1 for the traceback)",
+                err=True,
+            )
+            sys.exit(1)
         except Exception as e:  # a bug or an unforeseen input: still one line, unless debugging
-            if os.environ.get("MASKRT_DEBUG"):
+            if os.environ.get(DEBUG_ENV):
                 raise
             # an optional stack this install leaves out
             missing = missing_extra(e, f"maskrt {ctx.invoked_subcommand}")
             if missing is not None:
                 click.echo(f"Error: {missing}", err=True)
                 sys.exit(1)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
-                f"Error: unexpected {type(e).__name__}: {first} (set MASKRT_DEBUG=1 for details)",
+                f"Error: unexpected {type(e).__name__}: {_first_line(e)} "
+                f"(set {DEBUG_ENV}=1 for details)",
                 err=True,
             )
             sys.exit(1)

@@ -251,7 +251,7 @@ def bench_command(
 
     from maskrt.fileio import atomic_write_text, check_writable
 
-    from .bench import PASTE_CASES, bench_end_to_end, bench_images, bench_paste_masks, format_report
+    from .bench import bench_end_to_end, bench_images, bench_paste_cases, format_report
 
     if checkpoint is None and arch is None:
         raise MaskrtError("give a CHECKPOINT, or --arch for a random-weight model")
@@ -273,17 +273,7 @@ def bench_command(
     )
     click.echo(format_report(report))
     if paste:
-        report["paste_masks"] = []
-        for kind in PASTE_CASES:
-            p = bench_paste_masks(kind=kind)
-            report["paste_masks"].append(p)
-            click.echo(
-                f"\nMask pasting, {p['detections']} {kind} masks on "
-                f"{p['image_size'][0]}x{p['image_size'][1]}: "
-                f"**{p['speedup']:.2f}x** (numpy {p['maskrt numpy']['median']:.1f} ms vs "
-                f"torchvision {p['torchvision']['median']:.1f} ms median), "
-                f"identical masks: {p['identical']}"
-            )
+        report["paste_masks"] = bench_paste_cases(log=click.echo)
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=2))
 
