@@ -28,7 +28,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,18 +38,18 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 from maskrt import contract
-from maskrt.errors import MaskrtError
+from maskrt.errors import InternalError, MaskrtError
 from maskrt.introspect import backbone_features
 
-from .deploy import DEBUG_OUTPUTS, DeployModel
+from .deploy import _BOX_MIN_SIZE, DEBUG_OUTPUTS, DeployModel
 from .ties import (
-    ANY_GROUP,
     BOX_RTOL,
     BOX_TOL_PX,
     EPS_FACTOR,
     Decisions,
     Difference,
     Ranked,
+    box_tolerance,
     count_kinds,
     explain,
     measured_epsilon,
@@ -81,7 +81,6 @@ LOOSEST = Tolerances(box_px=BOX_TOL_PX, score=1e-3, mask=1e-2, keypoint=1e-2)
 # ... and never tighter than these (a few dozen float32 ulps at the values' scales).
 TIGHTEST = Tolerances(box_px=1e-3, score=1e-6, mask=1e-5, keypoint=1e-4)
 DEFAULT_MIN_DETECTIONS = 20
-_BOX_MIN_SIZE = 1e-2  # torchvision RoIHeads.postprocess_detections' small-box filter
 PROPOSALS, PROPOSAL_SCORES, NUM_PROPOSALS = DEBUG_OUTPUTS
 END_TO_END = "end to end"  # staged_check's report of what the stages pass on (not forgiven)
 
@@ -261,9 +260,11 @@ def _describe(r: Ranked, j: int, what: str = "label") -> str:
 
 
 def _pair_errors(
-    i: int, a: Ranked, b: Ranked, pairs: list[tuple[int, int]], what: str, tol: Tolerances
-) -> tuple[float, float]:
-    """Worst box and score errors of the ``pairs``; raise where one is above ``tol``."""
+    i: int, a: Ranked, b: Ranked, pairs: list[tuple[int, int]], what: str, tol: Tolerances,
+    group: str = "label",
+) -> tuple[float, float]:  # fmt: skip
+    """Worst box and score errors of the ``pairs``; raise where one is above ``tol``. ``what``
+    names the stage, ``group`` what an item's group is (label, level)."""
     box_err = score_err = 0.0
     for x, y in pairs:
         d_box = float(np.abs(a.boxes[x].astype(np.float64) - b.boxes[y]).max())
@@ -272,7 +273,7 @@ def _pair_errors(
             raise _mismatch(
                 i,
                 f"{what}: a detection moved {d_box:.3g} px / score {d_score:.3g} (tolerances "
-                f"{tol.box_px:.2g} px / {tol.score:.2g}; {_describe(a, x)})",
+                f"{tol.box_px:.2g} px / {tol.score:.2g}; {_describe(a, x, group)})",
             )
         box_err, score_err = max(box_err, d_box), max(score_err, d_score)
     return box_err, score_err
@@ -363,11 +364,11 @@ class RpnCandidates:
         pairing tolerance; level -1 and probability nan where none is)."""
         level = np.full(len(boxes), -1, np.int64)
         prob = np.full(len(boxes), np.nan)
-        tol = BOX_TOL_PX + BOX_RTOL * max(1.0, float(np.abs(self.boxes).max(initial=0.0)))
-        for s in range(0, len(boxes), chunk):
+        for s in range(0, len(boxes), chunk):  # [chunk, A, 4] float32 at a time
             part = boxes[s : s + chunk].astype(np.float32)
             d = np.abs(part[:, None] - self.boxes[None]).max(-1)  # [n, A]
             j = d.argmin(1) if d.size else np.zeros(0, np.int64)
+            tol = box_tolerance(part.astype(np.float64))
             ok = d[np.arange(len(part)), j] <= tol if d.size else np.zeros(0, bool)
             level[s : s + chunk] = np.where(ok, self.levels[j], -1)
             prob[s : s + chunk] = np.where(ok, self.probs[j], np.nan)
@@ -442,15 +443,20 @@ class StageComparison:
     lists: list[tuple[Ranked, Ranked]]  # (eager, graph) per image
     rules: list[Decisions]
     tol: Tolerances = LOOSEST
+    by_group: bool = True  # pair only within a group (proposals' levels are inferred: not)
     pairs: list[list[tuple[int, int]]] = field(default_factory=list)
     differences: list[list[Difference]] = field(default_factory=list)
+    box_err: float = 0.0
+    score_err: float = 0.0
 
     def decide(self) -> dict[str, int]:
-        """Pair, measure eps, explain every lone item; raise on an unexplained one or on more
-        forgiven than paired. Returns the forgiven differences by kind."""
-        self.pairs = [pair_by_position(a, b) for a, b in self.lists]
+        """Pair, check the pairs' errors against the tolerances, measure eps, explain every
+        lone item; raise on an unexplained one or on more forgiven than paired. Returns the
+        forgiven differences by kind."""
+        self.pairs = [pair_by_position(a, b, self.by_group) for a, b in self.lists]
         for i, ((a, b), pp) in enumerate(zip(self.lists, self.pairs)):
-            _pair_errors(i, a, b, pp, self.name, self.tol)
+            be, se = _pair_errors(i, a, b, pp, self.name, self.tol, self.what)
+            self.box_err, self.score_err = max(self.box_err, be), max(self.score_err, se)
         eps = measured_epsilon((a, b, pp) for (a, b), pp in zip(self.lists, self.pairs))
         self.differences = [
             explain(a, b, pp, rules, eps)
@@ -489,7 +495,7 @@ def _proposal_stage(
         eager_level, eager_prob = cand.lookup(cand.kept_boxes)
         graph_level, graph_prob = cand.lookup(graph_boxes)
         # NMS runs per level: a proposal whose anchor was not found may compete with any.
-        eager = Ranked(cand.kept_boxes, cand.kept_scores, np.maximum(eager_level, ANY_GROUP))
+        eager = Ranked(cand.kept_boxes, cand.kept_scores, eager_level)
         graph = Ranked(graph_boxes, outputs[PROPOSAL_SCORES][i, :n], graph_level)
         lists.append((eager, graph))
         rules.append(
@@ -503,7 +509,9 @@ def _proposal_stage(
                 topk_prob={"a": eager_prob, "b": graph_prob},
             )
         )
-    return StageComparison("proposals", "level", lists, rules, tol)
+    # Levels come from the nearest candidate, and candidates of two levels can coincide: pair
+    # by position alone, and use the levels only for the NMS and top-k rules.
+    return StageComparison("proposals", "level", lists, rules, tol, by_group=False)
 
 
 def _unit_grid(fields: Any, box: np.ndarray) -> tuple[int, int, int]:
@@ -602,13 +610,10 @@ def staged_check(
         for i, d in enumerate(dets)
     ]
     box_stage = StageComparison(
-        "box head on the graph's proposals", "label", lists, [rules] * len(lists)
+        "box head on the graph's proposals", "label", lists, [rules] * len(lists), tol
     )
     forgiven["detections"] = box_stage.decide()
-    box_err = score_err = 0.0
-    for i, ((a, b), pp) in enumerate(zip(box_stage.lists, box_stage.pairs)):
-        be, se = _pair_errors(i, a, b, pp, box_stage.name, tol)
-        box_err, score_err = max(box_err, be), max(score_err, se)
+    box_err, score_err = box_stage.box_err, box_stage.score_err
 
     # The mask / keypoint heads on the graph's own boxes and labels.
     mask_err = kp_err = 0.0
@@ -637,6 +642,25 @@ def staged_check(
 
 
 # ---------------------------------------------------------------- the check
+
+
+def _same_graph_outputs(outputs: dict[str, Any], debug: dict[str, Any], tol: Tolerances) -> None:
+    """The debug twin (the same export with the debug outputs added) must answer as the graph
+    being checked did, or the staged comparison would prove another graph."""
+    within: dict[str, Callable[[np.ndarray, np.ndarray], bool]] = {
+        contract.OUTPUT_BOXES: lambda x, y: float(np.abs(x - y).max(initial=0.0)) <= tol.box_px,
+        contract.OUTPUT_SCORES: lambda x, y: float(np.abs(x - y).max(initial=0.0)) <= tol.score,
+        contract.OUTPUT_MASKS: lambda x, y: _mask_error(x, y) <= tol.mask,
+        contract.OUTPUT_KEYPOINT_LOGITS: lambda x, y: _keypoint_error(x, y) <= tol.keypoint,
+    }
+    for name, value in outputs.items():
+        twin = debug.get(name)
+        if twin is None or twin.shape != value.shape:
+            same = False
+        else:
+            same = within.get(name, lambda x, y: bool(np.array_equal(x, y)))(twin, value)
+        if not same:
+            raise InternalError(f"the export's debug twin answers differently in {name!r}")
 
 
 def float32_noise(refs: list[Reference], refs64: list[Reference]) -> Tolerances:
@@ -694,7 +718,7 @@ def check_against_eager(
     feeds = images.numpy(), sizes.numpy().astype(np.int32)
     outputs = run_graph(graph, *feeds)
     zeroed = int(outputs[contract.OUTPUT_NUM_DETECTIONS].sum()) < min_detections
-    with zero_score_thresholds(model) if zeroed else _unchanged():
+    with zero_score_thresholds(model) if zeroed else nullcontext():
         if zeroed:
             outputs = run_graph(rebuild(False), *feeds)
         refs = torchvision_reference(model, images, sizes)
@@ -707,28 +731,25 @@ def check_against_eager(
         except MaskrtError as e:
             strict_failure = (
                 str(e)
-                .split(": ", 1)[-1]
+                .removeprefix("the exported graph differs from the eager module ")
                 .removesuffix(" (nothing written; --no-check writes it anyway)")
             )
             debug = run_graph(rebuild(True), *feeds)
+            _same_graph_outputs(outputs, debug, tol)
             paired, forgiven, errs = staged_check(model, debug, images, sizes, refs, tol)
             box_err, score_err, mask_err, kp_err = errs
     if paired < min_detections:
+        how = ", with the score thresholds at 0" if zeroed else ""
         raise MaskrtError(
             f"cannot check the exported graph: only {paired} detections pair up with "
-            f"torchvision's on the check images, with the score thresholds at 0 "
-            f"(need {min_detections}); --no-check skips the check"
+            f"torchvision's on the check images{how} (need {min_detections}); --no-check skips "
+            "the check"
         )
     return EagerCheck(
         images=len(refs), paired=paired, box_err=box_err, score_err=score_err,
         mask_err=mask_err, keypoint_err=kp_err, thresholds_zeroed=zeroed, tolerances=tol,
         strict_failure=strict_failure, forgiven=forgiven,
     )  # fmt: skip
-
-
-@contextmanager
-def _unchanged() -> Iterator[None]:
-    yield
 
 
 # ---------------------------------------------------------------- real check images
@@ -757,7 +778,7 @@ def load_check_images(
         try:
             with Image.open(p) as im:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise MaskrtError(f"--check-images: cannot read {p} as an image ({e})") from None
         tensors.append(torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0)
     t = model.transform

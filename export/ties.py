@@ -104,16 +104,17 @@ def box_tolerance(boxes: np.ndarray) -> np.ndarray:
     return BOX_TOL_PX + BOX_RTOL * np.maximum(1.0, sides)
 
 
-def pair_by_position(a: Ranked, b: Ranked) -> list[tuple[int, int]]:
-    """One-to-one (index in a, index in b) pairs of the same group whose boxes agree within
-    :func:`box_tolerance`: each item of ``a``, in descending score, takes the nearest free one.
-    Closer than validate's IoU pairing: two different boxes are never one moved box."""
+def pair_by_position(a: Ranked, b: Ranked, by_group: bool = True) -> list[tuple[int, int]]:
+    """One-to-one (index in a, index in b) pairs (of the same group unless ``by_group`` is
+    False) whose boxes agree within :func:`box_tolerance`: each item of ``a``, in descending
+    score, takes the nearest free one. Closer than validate's IoU pairing: two different boxes
+    are never one moved box."""
     if not len(a) or not len(b):
         return []
     dist = np.abs(a.boxes[:, None].astype(np.float64) - b.boxes[None].astype(np.float64))
     dist = dist.max(-1)
     same = (a.groups[:, None] == b.groups[None]) | (a.groups[:, None] == ANY_GROUP)
-    same |= b.groups[None] == ANY_GROUP
+    same |= (b.groups[None] == ANY_GROUP) | (not by_group)
     ok = same & (dist <= box_tolerance(a.boxes.astype(np.float64))[:, None])
     taken = np.zeros(len(b), bool)
     pairs = []
@@ -175,16 +176,14 @@ def _direct_kind(
 ) -> str | None:
     """The decision point (not a cascade) that explains ``mine[i]`` being absent from ``other``."""
     s, box = float(mine.scores[i]), mine.boxes[i].astype(np.float64)
-    if (
-        len(other) >= rules.capacity
-        and s <= float(other.scores.min())
-        or (len(other) >= rules.capacity and bool(eps.score_tie(s, other.scores.min())))
-    ):
-        return "cut"
+    if len(other) and len(other) >= rules.capacity:  # the other list is full: it was cut
+        lowest = float(other.scores.min())
+        if s <= lowest or bool(eps.score_tie(s, lowest)):
+            return "cut"
     if rules.score_thresh > 0 and bool(eps.score_tie(s, rules.score_thresh)):
         return "threshold"
     sides = (box[2] - box[0], box[3] - box[1])
-    if min(sides) - rules.min_size <= 2 * float(eps.box(np.abs(box).max())):
+    if abs(min(sides) - rules.min_size) <= 2 * float(eps.box(np.abs(box).max())):
         return "small box"
     if rules.topk_cut is not None and rules.topk_level is not None and rules.topk_prob is not None:
         level = int(rules.topk_level[side][i])
@@ -196,11 +195,14 @@ def _direct_kind(
 
 
 def _suppressors(
-    i: int, mine: Ranked, other: Ranked, rules: Decisions, eps: Epsilon
+    i: int, mine: Ranked, other: Ranked, other_lone: np.ndarray, rules: Decisions, eps: Epsilon
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of ``other`` that could have suppressed ``mine[i]`` in NMS (same class, ranked at
     least as high within eps, overlapping about the threshold or more), and whether each one's
-    competition with it is itself a tie (score order or overlap)."""
+    competition with it is itself a tie: the overlap ties the threshold, or the scores tie and
+    that box is on the other side only (``other_lone`` [len(other)] bool). A score tie with a
+    box both sides kept is no tie: NMS keeps one of two such boxes, and this side kept both (a
+    duplicated detection, not rounding)."""
     if not len(other):
         return np.zeros(0, np.int64), np.zeros(0, bool)
     box, s = mine.boxes[i], float(mine.scores[i])
@@ -212,7 +214,7 @@ def _suppressors(
     score_tie = eps.score_tie(other.scores, s)
     above = (other.scores >= s) | score_tie
     candidates = same & above & (overlap > rules.nms_iou - width)
-    tie = score_tie | (np.abs(overlap - rules.nms_iou) <= width)
+    tie = (score_tie & other_lone) | (np.abs(overlap - rules.nms_iou) <= width)
     idx = np.flatnonzero(candidates)
     return idx, tie[idx]
 
@@ -231,20 +233,24 @@ def explain(
     sup: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for s, items in lone.items():
         mine, other = lists[s], lists[other_side[s]]
+        other_lone = np.zeros(len(other), bool)
+        other_lone[lone[other_side[s]]] = True
         for i in items:
             kind[s, i] = _direct_kind(i, mine, other, s, rules, eps)
-            sup[s, i] = _suppressors(i, mine, other, rules, eps)
+            sup[s, i] = _suppressors(i, mine, other, other_lone, rules, eps)
             if kind[s, i] is None and bool(sup[s, i][1].any()):
                 kind[s, i] = "nms"
+    # A box kept only because its suppressor is missing on this side. Not through a cut: the
+    # list is cut after NMS, so a box cut on this side still suppressed here.
     changed = True
-    while changed:  # a box kept only because its suppressor is missing on this side
+    while changed:
         changed = False
         for (s, i), k in kind.items():
             if k is not None:
                 continue
             t = other_side[s]
             idx, _ = sup[s, i]
-            if any(kind.get((t, int(j))) is not None for j in idx if int(j) in lone[t]):
+            if any(kind.get((t, int(j))) not in (None, "cut") for j in idx):
                 kind[s, i] = "cascade"
                 changed = True
     return [Difference(s, i, kind[s, i]) for s in ("a", "b") for i in lone[s]]

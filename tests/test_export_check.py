@@ -85,6 +85,14 @@ def test_clear_gaps_are_refused() -> None:
     assert kinds == {("b", 1): None}
 
 
+def test_a_duplicated_detection_is_refused() -> None:
+    """A second copy of a kept detection (same box, label, score) is no NMS tie: NMS keeps one
+    of two such boxes, and the graph kept both."""
+    a = [0, 0, 10, 10]
+    kinds = _kinds(_ranked([a], [0.7]), _ranked([a, a], [0.7, 0.7]))
+    assert kinds == {("b", 1): None}
+
+
 def test_cut_of_a_full_list_within_eps() -> None:
     boxes = [[10 * i, 0, 10 * i + 8, 8] for i in range(6)]
     scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.5]

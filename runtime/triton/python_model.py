@@ -111,7 +111,10 @@ def preprocess_request(
     """The ensemble's pre-processing of one request: encoded image -> the detector's inputs
     padded to ``canvas`` (H, W), and the original (height, width), each with batch dimension 1."""
     image = decode_request(data)
-    batch = preprocess([image], spec, fixed_size=canvas)
+    try:
+        batch = preprocess([image], spec, fixed_size=canvas)
+    except MaskrtError as e:  # what pre-processing refuses (an image too elongated) is the client's
+        raise RequestError(str(e)) from None
     return {
         contract.INPUT_IMAGES: batch.images,
         contract.INPUT_IMAGE_SIZES: batch.image_sizes,
@@ -233,8 +236,7 @@ class TritonPythonModel:
         try:
             dets = self.predictor.predict(images) if images else []
         except Exception as e:  # noqa: BLE001 - every request of the batch hears why
-            failed = _error_response(pb_utils, e, "prediction failed: ")
-            return [r or failed for r in responses]
+            return [r or _error_response(pb_utils, e, "prediction failed: ") for r in responses]
         for i, d in zip(owners, dets):
             tensors = encode_response(d, self.with_masks, self.num_keypoints)
             responses[i] = pb_utils.InferenceResponse(
