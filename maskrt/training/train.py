@@ -31,7 +31,7 @@ from .shapes import make_shapes_dataset, split_paths
 class TrainConfig:
     iters: int = 1500
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_iters: int = 50
     seed: int = 0
