@@ -315,13 +315,13 @@ def _build_legacy_demo(spec: ModelSpec) -> Any:
 
 
 # The demo model (issue 34): a narrow ResNet-style trunk (one BasicBlock per stage), an FPN on
-# its stride 8/16/32 stages plus the max-pooled stride-64 map, 32-channel heads. Its shapes are
+# its stride 8/16/32 stages plus the max-pooled stride-64 map, 64-channel heads. Its shapes are
 # 20-100 px on 128-px images, so stride 4 and torchvision's 512-px anchors buy nothing here.
 DEMO_TRUNK_WIDTHS = (32, 64, 128, 256)
 DEMO_FPN_STAGES = (2, 3, 4)  # layerN of the trunk that feed the FPN
 DEMO_ANCHOR_SIZES = (32, 64, 128, 256)  # one per feature map (FPN stages, then the pooled one)
-DEMO_CHANNELS = 32
-DEMO_BOX_REPRESENTATION = 128
+DEMO_CHANNELS = 64
+DEMO_BOX_REPRESENTATION = 256
 DEMO_MASK_LAYERS = 2
 
 

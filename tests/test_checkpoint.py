@@ -59,7 +59,7 @@ def test_wrong_num_classes_names_keys_and_shapes(tmp_path: Path) -> None:
     with pytest.raises(MaskrtError) as e:
         load_checkpoint(path, spec=demo_spec().replace(num_classes=7, category_names=()))
     msg = str(e.value)
-    assert "roi_heads.box_predictor.cls_score.weight (4, 128) != (7, 128)" in msg
+    assert "roi_heads.box_predictor.cls_score.weight (4, 256) != (7, 256)" in msg
     assert "\n" not in msg
 
 

@@ -69,7 +69,7 @@ def ensure_model(
 def run_demo(
     cache_dir: Path,
     retrain: bool = False,
-    iters: int = 1500,
+    iters: int = 1200,
     calib_images: int = DEMO_CALIB_IMAGES,
     echo: Callable[[str], None] = print,
 ) -> ValidationReport:

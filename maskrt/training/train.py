@@ -29,7 +29,7 @@ from .shapes import make_shapes_dataset, split_paths
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iters: int = 1500
+    iters: int = 1200
     batch_size: int = 4
     lr: float = 2e-3
     weight_decay: float = 0.05
