@@ -23,7 +23,7 @@ def test_demo_model_is_small_and_deployable() -> None:
     model = build_model(demo_spec())
     assert (
         _params(model)
-        < 2_000_000
+        < 3_000_000
         < 12_000_000
         < _params(build_model(default_spec(LEGACY_DEMO_ARCH)))
     )
