@@ -20,9 +20,10 @@ DEMO_TRAIN_IMAGES = 1000
 DEMO_VAL_IMAGES = 200
 DEMO_SEED = 0
 DEMO_CALIB_IMAGES = 256
-# Seconds per training iteration of the demo model on 2-core machines, fastest to slowest
-# (README: "The main job").
-DEMO_SECONDS_PER_ITER = (0.15, 0.4)
+# Seconds per training iteration of the demo model on idle 2-core machines, Xeon (AVX-512) to
+# EPYC (AVX2): the old model's measured 0.44 / 0.65 s scaled by the two models' CPU time per
+# iteration (0.337 / 0.768 CPU-s; BENCHMARKS.md, 2026-12-06). Estimates, not yet measured there.
+DEMO_SECONDS_PER_ITER = (0.2, 0.3)
 
 
 def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
