@@ -167,7 +167,7 @@ def max_batch_option(default: int = 1) -> Callable[[F], F]:
 
 
 iters_option = click.option(
-    "--iters", type=click.IntRange(min=1), default=1500, show_default=True,
+    "--iters", type=click.IntRange(min=1), default=1200, show_default=True,
     help="Training iterations.",
 )  # fmt: skip
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maskrt.errors import MaskrtError
+from maskrt.specs import DEMO_ARCH
 from maskrt.training.shapes import make_shapes_dataset, split_paths
 
 from .validate import ValidationReport
@@ -19,6 +20,10 @@ DEMO_TRAIN_IMAGES = 1000
 DEMO_VAL_IMAGES = 200
 DEMO_SEED = 0
 DEMO_CALIB_IMAGES = 256
+# Seconds per training iteration of the demo model on idle 2-core machines, Xeon (AVX-512) to
+# EPYC (AVX2): the old model's measured 0.44 / 0.65 s scaled by the two models' CPU time per
+# iteration (0.337 / 0.768 CPU-s; BENCHMARKS.md, 2026-12-06). Estimates, not yet measured there.
+DEMO_SECONDS_PER_ITER = (0.2, 0.3)
 
 
 def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
@@ -48,9 +53,11 @@ def ensure_model(
     if path.is_file() and not retrain:
         echo(f"Reusing the demo model {path}")
         return path
-    # measured 0.44 s (AVX-512) to 1.15 s (AVX2) per iteration on 2-core machines
-    minutes = f"{iters * 0.44 / 60:.0f}-{iters * 1.15 / 60:.0f}"
-    echo(f"Training the demo Mask R-CNN ({iters} iterations; ~{minutes} minutes on 2 cores) ...")
+    low, high = (iters * s / 60 for s in DEMO_SECONDS_PER_ITER)
+    echo(
+        f"Training the demo Mask R-CNN ({iters} iterations; ~{low:.0f}-{high:.0f} minutes on "
+        "2 cores) ..."
+    )
     train_demo(
         path,
         data_root=data_root,
@@ -63,7 +70,7 @@ def ensure_model(
 def run_demo(
     cache_dir: Path,
     retrain: bool = False,
-    iters: int = 1500,
+    iters: int = 1200,
     calib_images: int = DEMO_CALIB_IMAGES,
     echo: Callable[[str], None] = print,
 ) -> ValidationReport:
@@ -73,7 +80,8 @@ def run_demo(
     start = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_root = ensure_dataset(cache_dir / "shapes", echo)
-    checkpoint = ensure_model(cache_dir / "demo_maskrcnn.pt", data_root, retrain, iters, echo)
+    # Named after the architecture: a cached model of an earlier demo architecture is not reused.
+    checkpoint = ensure_model(cache_dir / f"{DEMO_ARCH}.pt", data_root, retrain, iters, echo)
     out = cache_dir / "artifacts"
     echo(f"Exporting, converting and evaluating every artifact into {out} ...")
     report = validate(checkpoint, data_root, out, calib_images=calib_images, show_progress=True)

@@ -44,8 +44,8 @@ def shapes_command(out: str, n_train: int, n_val: int, seed: int, force: bool) -
 def train_command(
     output: str, data: str | None, iters: int, batch_size: int, seed: int, force: bool
 ) -> None:
-    """Train the demo Mask R-CNN (resnet18 + FPN, 64 channels) deterministically; without
-    --data, on the synthetic shapes dataset it makes itself."""
+    """Train the demo Mask R-CNN (a narrow ResNet with a 3-level FPN) deterministically;
+    without --data, on the synthetic shapes dataset it makes itself."""
     from maskrt.fileio import check_writable
 
     from .train import TrainConfig, train_demo
