@@ -784,9 +784,8 @@ def load_check_images(
     t = model.transform
     resized = [t.resize(x, None)[0] for x in tensors]
     sizes = torch.tensor([list(r.shape[-2:]) for r in resized], dtype=torch.int32)
-    div = contract.SIZE_DIVISIBLE
-    h = height or int(math.ceil(int(sizes[:, 0].max()) / div) * div)
-    w = width or int(math.ceil(int(sizes[:, 1].max()) / div) * div)
+    canvas = contract.batch_canvas(tuple(r.shape[-2:]) for r in resized)
+    h, w = height or canvas[0], width or canvas[1]
     if int(sizes[:, 0].max()) > h or int(sizes[:, 1].max()) > w:
         raise MaskrtError(
             f"--check-images: an image resizes to {tuple(sizes.max(0).values.tolist())}, larger "

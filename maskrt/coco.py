@@ -23,6 +23,25 @@ from .errors import MaskrtError
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def dataset_layout(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
+    """(image folder, annotation file) of ``split`` in a dataset root laid out as maskrt writes
+    it: ``ROOT/<split>/*.png`` and ``ROOT/annotations/instances_<split>.json``."""
+    r = Path(root)
+    return r / split, r / "annotations" / f"instances_{split}.json"
+
+
+def split_paths(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
+    """:func:`dataset_layout` of an existing split (what ``--data ROOT`` means to every verb);
+    one-line MaskrtError when ``root`` has no such split."""
+    images, ann = dataset_layout(root, split)
+    if not ann.is_file() or not images.is_dir():
+        raise MaskrtError(
+            f"{root} is not a maskrt dataset root with a {split} split "
+            f"(expected {images}/ and {ann}); make one with `maskrt data shapes {root}`"
+        )
+    return images, ann
+
+
 def load_coco(ann_file: str | os.PathLike[str]) -> Any:
     """A ``pycocotools.coco.COCO`` for ``ann_file``, quietly, with one-line errors."""
     from pycocotools.coco import COCO

@@ -27,11 +27,27 @@ returns them. The ONNX metadata (``metadata_props``) carries the keys below.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 CONTRACT_VERSION = "1"
 SIZE_DIVISIBLE = 32
 MASK_SIZE = 28
+
+
+def round_to_divisible(value: int) -> int:
+    """``value`` rounded up to a multiple of SIZE_DIVISIBLE: a height or width of ``images``."""
+    return int(math.ceil(value / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
+
+
+def batch_canvas(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The (H, W) of ``images`` for resized images of these (height, width): the largest of
+    each, rounded up to SIZE_DIVISIBLE (torchvision's batching). The padding is the model's
+    ``image_mean`` (normalised to torchvision's zeros inside the graph)."""
+    heights, widths = zip(*sizes)
+    return round_to_divisible(max(heights)), round_to_divisible(max(widths))
+
 
 INPUT_IMAGES = "images"
 INPUT_IMAGE_SIZES = "image_sizes"

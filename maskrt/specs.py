@@ -177,6 +177,15 @@ class ModelSpec:
         scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
         return int(math.floor(float(height) * scale)), int(math.floor(float(width) * scale))
 
+    def canvas_size(self) -> tuple[int, int]:
+        """The (H, W) of ``images`` that holds every image this model resizes to: its
+        ``fixed_size``, else ``max_size`` square (either orientation), rounded up to 32."""
+        from maskrt.contract import round_to_divisible
+
+        if self.fixed_size is not None:
+            return round_to_divisible(self.fixed_size[1]), round_to_divisible(self.fixed_size[0])
+        return round_to_divisible(self.max_size), round_to_divisible(self.max_size)
+
     def class_name(self, label: int) -> str:
         if 1 <= label <= len(self.category_names):
             return self.category_names[label - 1]

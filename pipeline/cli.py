@@ -36,7 +36,7 @@ from maskrt.runtime.cli import backend_option
 
 def _data_split(data: str | None, images: str | None, annotations: str | None) -> tuple[Path, Path]:
     """(image folder, annotation file) from either --data ROOT or --images + --annotations."""
-    from maskrt.training.shapes import split_paths
+    from maskrt.coco import split_paths
 
     if data and (images or annotations):
         raise MaskrtError("give either --data or --images with --annotations, not both")

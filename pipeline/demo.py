@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from maskrt.coco import split_paths
 from maskrt.errors import MaskrtError
 from maskrt.specs import DEMO_ARCH
-from maskrt.training.shapes import make_shapes_dataset, split_paths
+from maskrt.training.shapes import make_shapes_dataset
 
 from .validate import ValidationReport
 

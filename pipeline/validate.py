@@ -13,9 +13,9 @@ COCO-format set and compares it with PyTorch FP32, the reference:
 * mean latency per image (one image per call, after one warm-up call).
 
 A row fails when ``|delta AP|`` of any IoU type exceeds its precision's tolerance. AP is a
-statistic of the evaluated images: on a few dozen it is noise-dominated (the same INT8 graph of a
-briefly trained demo model: bbox delta -0.02 points on 200 held-out images, standard deviation
-1.2 and up to 2.45 points over random 24-image subsets of them), so gate on a hundred or more.
+statistic of the evaluated images: on a few dozen it is noise-dominated, so gate on a hundred or
+more (measured in calibration/README.md, "How many calibration images, and how many to evaluate
+on").
 """
 
 from __future__ import annotations
@@ -328,8 +328,7 @@ def validate(
     ``out/validation.md`` and ``out/validation.json``. Does not raise on a failed tolerance:
     check :attr:`ValidationReport.passed`."""
     from maskrt.checkpoint import load_checkpoint
-    from maskrt.coco import evaluate_detections, iou_types_for, load_coco
-    from maskrt.training.shapes import split_paths
+    from maskrt.coco import evaluate_detections, iou_types_for, load_coco, split_paths
 
     from .convert import tensorrt_missing
 

@@ -74,10 +74,10 @@ def sparse_zeros(shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
     """A zero array of which only a small part will be written (masks pasted into small boxes).
 
     A large one gets its own anonymous mapping with huge pages off, so that each first write
-    zeroes one 4 KiB page instead of the 2 MiB around it: 100 masks in boxes of up to 40 % of an
-    800x1344 image paste in 35-36 instead of 41-43 ms (p90 38 instead of 43-260 ms), and where
-    fresh memory is slow to fault in (a VM) the first call takes 20 instead of ~250 ms
-    (BENCHMARKS.md, 2026-12-03). Mostly written arrays are better off with huge pages.
+    zeroes one 4 KiB page instead of the 2 MiB around it: faster and steadier pasting, most of all
+    where fresh memory is slow to fault in (a VM); BENCHMARKS.md, "Mask pasting into
+    huge-page-free memory", has the figures. Mostly written arrays are better off with huge
+    pages.
     """
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if nbytes < _HUGE_PAGE_ARRAY_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):  # not Linux

@@ -7,13 +7,12 @@ and pads: images stay in [0, 1] and the padding is the spec's ``image_mean``, wh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from maskrt.contract import SIZE_DIVISIBLE
+from maskrt.contract import batch_canvas
 from maskrt.errors import MaskrtError
 from maskrt.specs import CUSTOM_ARCH, ModelSpec
 
@@ -70,13 +69,6 @@ def check_image(image: np.ndarray) -> None:
         raise MaskrtError(f"empty image of shape {list(image.shape)}")
 
 
-def padded_size(sizes: Sequence[tuple[int, int]], divisor: int = SIZE_DIVISIBLE) -> tuple[int, int]:
-    """The batch's (H, W): the largest height and width rounded up to ``divisor``."""
-    h = max(s[0] for s in sizes)
-    w = max(s[1] for s in sizes)
-    return int(math.ceil(h / divisor) * divisor), int(math.ceil(w / divisor) * divisor)
-
-
 def preprocess(
     images: Sequence[np.ndarray],
     spec: ModelSpec,
@@ -91,7 +83,7 @@ def preprocess(
         raise MaskrtError("no images to preprocess")
     sizes = [target_size(im, spec) for im in images]
     if fixed_size is None:
-        height, width = padded_size(sizes)
+        height, width = batch_canvas(sizes)
     else:
         height, width = fixed_size
         if any(h > height or w > width for h, w in sizes):

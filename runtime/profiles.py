@@ -6,7 +6,6 @@ that holds every image the spec can resize to; static dimensions are kept.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,10 +19,6 @@ Dim = int | str | None  # static size, symbolic name, or unknown
 ShapeRange = tuple[Shape, Shape, Shape]  # min, opt, max
 
 _SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:x\d+)*)$")
-
-
-def round_up(value: int, divisor: int = contract.SIZE_DIVISIBLE) -> int:
-    return int(math.ceil(value / divisor) * divisor)
 
 
 def parse_shape_args(args: Sequence[str]) -> dict[str, Shape]:
@@ -67,18 +62,18 @@ def default_profile(
         if name not in input_dims:
             raise MaskrtError(f"the graph has no input {name!r}: not a maskrt deploy graph")
     b, c, h, w = input_dims[contract.INPUT_IMAGES]
-    top = round_up(spec.max_size)
+    canvas_h, canvas_w = spec.canvas_size()
 
     def pick(dim: Dim, lo: int, opt: int, hi: int) -> tuple[int, int, int]:
         return (dim, dim, dim) if isinstance(dim, int) and dim > 0 else (lo, opt, hi)
 
     bs = pick(b, 1, 1, max_batch)
     if spec.fixed_size is not None:
-        fixed_h, fixed_w = round_up(spec.fixed_size[1]), round_up(spec.fixed_size[0])
-        hs, ws = pick(h, fixed_h, fixed_h, fixed_h), pick(w, fixed_w, fixed_w, fixed_w)
+        hs, ws = pick(h, canvas_h, canvas_h, canvas_h), pick(w, canvas_w, canvas_w, canvas_w)
     else:
-        hs = pick(h, contract.SIZE_DIVISIBLE, round_up(spec.min_size), top)
-        ws = pick(w, contract.SIZE_DIVISIBLE, top, top)
+        opt_h = contract.round_to_divisible(spec.min_size)
+        hs = pick(h, contract.SIZE_DIVISIBLE, opt_h, canvas_h)
+        ws = pick(w, contract.SIZE_DIVISIBLE, canvas_w, canvas_w)
     channels = c if isinstance(c, int) and c > 0 else 3
     images = tuple((bs[i], channels, hs[i], ws[i]) for i in range(3))
     sizes = tuple((bs[i], 2) for i in range(3))

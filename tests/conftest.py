@@ -65,8 +65,8 @@ def shapes_dataset(request: pytest.FixtureRequest) -> Path:
 def heldout_dataset(request: pytest.FixtureRequest) -> Path:
     """Images the demo checkpoint never saw: 200 to evaluate (val) and 32 to calibrate (train).
 
-    200, not 24: AP on a few dozen images is noise-dominated (an INT8 graph's bbox delta had a
-    standard deviation of 1.2 AP points over random 24-image subsets of these 200).
+    200, not 24: AP on a few dozen images is noise-dominated (calibration/README.md, "How many
+    calibration images, and how many to evaluate on").
     """
     return _cached_dataset(request, "heldout", HELDOUT_CALIB_IMAGES, HELDOUT_VAL_IMAGES, seed=11)
 
@@ -107,4 +107,18 @@ def random_demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     path = tmp_path_factory.mktemp("random-demo") / "demo.pt"
     save_checkpoint(path, spec, build_model(spec))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_demo_deploy_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deploy graph of a randomly initialised demo Mask R-CNN (structure, not accuracy)."""
+    import torch
+
+    from maskrt.export.exporter import export_onnx
+    from maskrt.specs import build_model, demo_spec
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("deploy") / "model.onnx"
+    export_onnx(build_model(demo_spec()), path, spec=demo_spec())
     return path

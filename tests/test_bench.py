@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from maskrt.coco import split_paths
 from maskrt.pipeline.bench import PASTE_CASES, bench_end_to_end, bench_paste_masks, format_report
 from maskrt.pipeline.main import main
-from maskrt.training.shapes import split_paths
 
 
 def _val_images(root: Path, count: int) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from maskrt.training.shapes import split_paths
+from maskrt.coco import split_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from maskrt.checkpoint import load_checkpoint, save_checkpoint
+from maskrt.coco import split_paths
 from maskrt.errors import MaskrtError
-from maskrt.training.shapes import split_paths
 from maskrt.training.train import CocoInstances, TrainConfig, lr_factor, train_demo
 
 

@@ -31,14 +31,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from maskrt.coco import to_coco_results
+from maskrt.coco import split_paths, to_coco_results
 from maskrt.detections import Detections, match_detections
 from maskrt.pipeline.main import main
 from maskrt.runtime import filter_by_score, load_predictor, read_image
 from maskrt.runtime.triton import TritonServer, write_repository
 from maskrt.runtime.triton.configs import model_config
 from maskrt.specs import default_spec
-from maskrt.training.shapes import split_paths
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 X86_LINUX = sys.platform == "linux" and platform.machine() == "x86_64"

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from maskrt.coco import dataset_layout
 from maskrt.errors import MaskrtError
 from maskrt.fileio import atomic_path, atomic_write_text
 from maskrt.specs import SHAPES_CATEGORIES
@@ -213,7 +214,7 @@ def write_split(
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write ``count`` images of ``split`` and their COCO annotation file; return the json path."""
-    image_dir = root / split
+    image_dir, ann_path = dataset_layout(root, split)
     image_dir.mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -242,7 +243,6 @@ def write_split(
         "annotations": annotations,
         "categories": categories(),
     }
-    ann_path = root / "annotations" / f"instances_{split}.json"
     ann_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ann_path, json.dumps(coco))
     return ann_path
@@ -269,15 +269,3 @@ def make_shapes_dataset(
             if count:
                 write_split(out, split, count, seed, progress=bar.update)
     return out
-
-
-def split_paths(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
-    """(image folder, annotation file) of ``split`` in a dataset root written by maskrt."""
-    r = Path(root)
-    images, ann = r / split, r / "annotations" / f"instances_{split}.json"
-    if not ann.is_file() or not images.is_dir():
-        raise MaskrtError(
-            f"{r} is not a maskrt dataset root with a {split} split "
-            f"(expected {images}/ and {ann}); make one with `maskrt data shapes {r}`"
-        )
-    return images, ann

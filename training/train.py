@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from maskrt.checkpoint import save_checkpoint
+from maskrt.coco import split_paths
 from maskrt.errors import MaskrtError
 from maskrt.specs import ModelSpec, build_model, demo_spec
 
-from .shapes import make_shapes_dataset, split_paths
+from .shapes import make_shapes_dataset
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,9 @@ def bench_images(data: str | None, size: str | None, count: int) -> list[np.ndar
     shapes` writes it), or synthetic shapes; scaled to ``size`` ("HxW") when given."""
     from PIL import Image
 
+    from maskrt.coco import split_paths
     from maskrt.runtime import read_image
-    from maskrt.training.shapes import generate_image, split_paths
+    from maskrt.training.shapes import generate_image
 
     if count <= 0:
         raise MaskrtError("--num-images must be positive")

@@ -3,7 +3,6 @@ model spec, and for the ensemble its detector's tensors, largest batch and canva
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,17 +50,6 @@ class DetectorFacts:
     uses_plugins: bool
 
 
-def _round_up(value: int) -> int:
-    return int(math.ceil(value / contract.SIZE_DIVISIBLE) * contract.SIZE_DIVISIBLE)
-
-
-def spec_canvas(spec: ModelSpec) -> tuple[int, int]:
-    """The (H, W) that holds every image the spec resizes to, padded to 32."""
-    if spec.fixed_size is not None:
-        return _round_up(spec.fixed_size[1]), _round_up(spec.fixed_size[0])
-    return _round_up(spec.max_size), _round_up(spec.max_size)
-
-
 def _batched(name: str, dims: tuple[Any, ...], what: str) -> Dims:
     """Dims after a dynamic batch dimension; -1 for every other dynamic one."""
     if not dims or isinstance(dims[0], int) and dims[0] > 0:
@@ -76,7 +64,7 @@ def _canvas(spec: ModelSpec, images: Dims) -> tuple[int, int]:
     h, w = images[1], images[2]
     if h > 0 and w > 0:
         return h, w
-    return spec_canvas(spec)
+    return spec.canvas_size()
 
 
 def onnx_detector_facts(path: Path, max_batch: int) -> DetectorFacts:
