@@ -22,7 +22,6 @@ from maskrt.cliargs import (
     data_option,
     factory_kwargs,
     force_option,
-    iters_option,
     json_option,
     limit_option,
     max_batch_option,
@@ -293,10 +292,20 @@ def default_cache_dir() -> Path:
     default=None,
     help="Dataset and model cache [default: $MASKRT_CACHE_DIR or ~/.cache/maskrt].",
 )
-@click.option("--retrain", is_flag=True, help="Train the demo model again even if cached.")
-@iters_option
-def demo_command(cache_dir: str | None, retrain: bool, iters: int) -> None:
-    """The main job on the embedded data: train, export, convert, and prove it in COCO AP.
+@click.option(
+    "--retrain", is_flag=True,
+    help="Train the demo model here (the shipped model's recipe) instead of using the shipped "
+    "one or one trained here before.",
+)  # fmt: skip
+@click.option(
+    "--iters", type=click.IntRange(min=1), default=None,
+    help="With --retrain: training iterations [default: the shipped model's recipe].",
+)  # fmt: skip
+def demo_command(cache_dir: str | None, retrain: bool, iters: int | None) -> None:
+    """The main job on the embedded data: export, convert, and prove it in COCO AP.
+
+    Uses the demo Mask R-CNN that ships with maskrt (trained by `maskrt train`; --retrain trains
+    it here).
 
     Ends with one table: PyTorch FP32 against the ONNX FP32, surgered (plugin), FP16 and INT8
     graphs (and TensorRT engines where TensorRT is installed); exits 1 if a ΔAP is out of

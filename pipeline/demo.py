@@ -6,6 +6,7 @@ artifact the pipeline produces on the held-out split and prints one accuracy tab
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,9 @@ DEMO_TRAIN_IMAGES = 1000
 DEMO_VAL_IMAGES = 200
 DEMO_SEED = 0
 DEMO_CALIB_IMAGES = 256
-# Seconds per training iteration of the demo model on idle 2-core machines, Xeon (AVX-512) to
-# EPYC (AVX2): the old model's measured 0.44 / 0.65 s scaled by the two models' CPU time per
-# iteration (0.337 / 0.768 CPU-s; BENCHMARKS.md, 2026-12-06). Estimates, not yet measured there.
-DEMO_SECONDS_PER_ITER = (0.2, 0.3)
+# Seconds per training iteration (--retrain) on idle 2-core machines, Xeon (AVX-512) to EPYC
+# (AVX2): BENCHMARKS.md, "The demo model (issue 34)".
+DEMO_SECONDS_PER_ITER = (0.2, 0.35)
 
 
 def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
@@ -46,32 +46,44 @@ def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
 
 
 def ensure_model(
-    path: Path, data_root: Path, retrain: bool, iters: int, echo: Callable[[str], None]
+    path: Path,
+    data_root: Path,
+    retrain: bool,
+    iters: int | None,
+    echo: Callable[[str], None],
 ) -> Path:
-    """The cached demo checkpoint, trained on first use (or when ``retrain``)."""
+    """The demo checkpoint: one trained here before (``path``, by ``--retrain``), else the
+    shipped one after its hash check; with ``retrain``, trained here now into ``path`` with the
+    shipped model's recipe (``iters`` overrides its length)."""
+    from maskrt.training.shipped import shipped_demo_checkpoint
     from maskrt.training.train import TrainConfig, train_demo
 
-    if path.is_file() and not retrain:
-        echo(f"Reusing the demo model {path}")
-        return path
-    low, high = (iters * s / 60 for s in DEMO_SECONDS_PER_ITER)
+    if not retrain:
+        if iters is not None:
+            raise MaskrtError("--iters sets the length of --retrain's training; pass --retrain")
+        if path.is_file():
+            echo(f"Reusing the demo model trained here before: {path} (delete it to use the "
+                 "shipped one)")  # fmt: skip
+            return path
+        shipped = shipped_demo_checkpoint()
+        echo(f"Using the shipped demo model {shipped} (SHA-256 checked)")
+        return shipped
+    config = TrainConfig(seed=DEMO_SEED)
+    if iters is not None:
+        config = dataclasses.replace(config, iters=iters)
+    low, high = (config.iters * s / 60 for s in DEMO_SECONDS_PER_ITER)
     echo(
-        f"Training the demo Mask R-CNN ({iters} iterations; ~{low:.0f}-{high:.0f} minutes on "
-        "2 cores) ..."
+        f"Training the demo Mask R-CNN ({config.iters} iterations; ~{low:.0f}-{high:.0f} minutes "
+        "on 2 cores) ..."
     )
-    train_demo(
-        path,
-        data_root=data_root,
-        config=TrainConfig(iters=iters, seed=DEMO_SEED),
-        show_progress=True,
-    )
+    train_demo(path, data_root=data_root, config=config, show_progress=True)
     return path
 
 
 def run_demo(
     cache_dir: Path,
     retrain: bool = False,
-    iters: int = 1200,
+    iters: int | None = None,
     calib_images: int = DEMO_CALIB_IMAGES,
     echo: Callable[[str], None] = print,
 ) -> ValidationReport:
@@ -81,7 +93,8 @@ def run_demo(
     start = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_root = ensure_dataset(cache_dir / "shapes", echo)
-    # Named after the architecture: a cached model of an earlier demo architecture is not reused.
+    # Named after the architecture: a model trained here of an earlier demo architecture is not
+    # reused.
     checkpoint = ensure_model(cache_dir / f"{DEMO_ARCH}.pt", data_root, retrain, iters, echo)
     out = cache_dir / "artifacts"
     echo(f"Exporting, converting and evaluating every artifact into {out} ...")

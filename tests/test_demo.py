@@ -1,15 +1,29 @@
-"""The demo's model: the small demo architecture, its cache, --retrain, and the legacy model."""
+"""The demo's model: the small demo architecture, the shipped checkpoint (its hash, recipe and
+accuracy), a model retrained here, and the legacy model."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from maskrt.checkpoint import load_checkpoint, save_checkpoint
+from maskrt.coco import split_paths
+from maskrt.errors import MaskrtError
+from maskrt.fileio import sha256_file
 from maskrt.introspect import spec_from_module
-from maskrt.pipeline.demo import ensure_model
+from maskrt.pipeline.demo import DEMO_SEED, DEMO_VAL_IMAGES, ensure_model
+from maskrt.pipeline.evaluate import evaluate_artifact
 from maskrt.specs import DEMO_ARCH, LEGACY_DEMO_ARCH, build_model, default_spec, demo_spec
+from maskrt.training.shapes import make_shapes_dataset
+from maskrt.training.shipped import (
+    PRETRAINED_DIR,
+    demo_record,
+    recipe_is_default,
+    shipped_demo_checkpoint,
+)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -49,15 +63,65 @@ def test_legacy_demo_checkpoints_still_load(tmp_path: Path) -> None:
         assert torch.equal(v, v2), k
 
 
-def test_cached_model_is_reused_and_retrain_retrains(tmp_path: Path, shapes_dataset: Path) -> None:
+def test_shipped_model_unless_retrained_here(tmp_path: Path, shapes_dataset: Path) -> None:
     said: list[str] = []
     path = tmp_path / "cache" / f"{DEMO_ARCH}.pt"
     path.parent.mkdir()
-    ensure_model(path, shapes_dataset, retrain=False, iters=2, echo=said.append)
+    assert ensure_model(path, shapes_dataset, False, None, said.append) == shipped_demo_checkpoint()
+    assert said[-1].startswith("Using the shipped demo model") and not path.exists()
+    with pytest.raises(MaskrtError, match="--retrain"):
+        ensure_model(path, shapes_dataset, False, 5, said.append)
+    assert ensure_model(path, shapes_dataset, True, 2, said.append) == path
     assert said[-1].startswith("Training") and load_checkpoint(path)[0].arch == DEMO_ARCH
-    # a file that is not what training writes: reused as is without --retrain, replaced with it
+    # a model trained here is used from then on, as it is, until --retrain replaces it
     path.write_bytes(b"stale")
-    ensure_model(path, shapes_dataset, retrain=False, iters=2, echo=said.append)
+    assert ensure_model(path, shapes_dataset, False, None, said.append) == path
     assert said[-1].startswith("Reusing") and path.read_bytes() == b"stale"
-    ensure_model(path, shapes_dataset, retrain=True, iters=2, echo=said.append)
+    ensure_model(path, shapes_dataset, True, 2, said.append)
     assert said[-1].startswith("Training") and load_checkpoint(path)[0].arch == DEMO_ARCH
+
+
+def test_shipped_checkpoint_is_what_maskrt_train_makes_by_default() -> None:
+    """Small enough for the repository (issue 34: <= 10 MB), the recorded recipe is
+    `maskrt train`'s default one, and the file is the recorded one."""
+    record = demo_record()
+    path = shipped_demo_checkpoint()
+    assert path.stat().st_size <= 10_000_000
+    assert recipe_is_default(record) and record["arch"] == DEMO_ARCH
+    assert sha256_file(path) == record["sha256"]
+    spec, _ = load_checkpoint(path)
+    assert spec.arch == DEMO_ARCH and spec == demo_spec().replace(arch=spec.arch)
+
+
+def test_a_damaged_or_missing_shipped_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+    copy = tmp_path / "pretrained"
+    shutil.copytree(PRETRAINED_DIR, copy)
+    record = demo_record(copy)
+    blob = bytearray((copy / record["file"]).read_bytes())
+    blob[len(blob) // 2] ^= 1  # one bit
+    (copy / record["file"]).write_bytes(bytes(blob))
+    with pytest.raises(MaskrtError, match="is not the recorded one") as err:
+        shipped_demo_checkpoint(copy)
+    assert "\n" not in str(err.value) and "--retrain" in str(err.value)
+    (copy / record["file"]).unlink()
+    with pytest.raises(MaskrtError, match="is missing"):
+        shipped_demo_checkpoint(copy)
+    (copy / f"{DEMO_ARCH}.json").write_text("{not json")
+    with pytest.raises(MaskrtError, match="missing or unreadable"):
+        shipped_demo_checkpoint(copy)
+
+
+@pytest.mark.slow
+def test_shipped_model_meets_its_accuracy_on_the_demo_data(tmp_path: Path) -> None:
+    """Issue 34's goal, on the demo's own held-out split (regenerated here, 200 images): bbox AP
+    >= 0.80 and segm AP >= 0.75 in PyTorch, as recorded (the record was measured on another
+    machine's kernels: AP agrees to a few 1e-3)."""
+    record = demo_record()
+    root = make_shapes_dataset(
+        tmp_path / "shapes", train=0, val=DEMO_VAL_IMAGES, seed=DEMO_SEED, force=True
+    )
+    result = evaluate_artifact(shipped_demo_checkpoint(), *split_paths(root, "val"), "torch")
+    bbox, segm = result.scores.stats["bbox"]["AP"], result.scores.stats["segm"]["AP"]
+    assert bbox >= 0.80 and segm >= 0.75
+    assert bbox == pytest.approx(record["heldout_ap"]["bbox"], abs=0.01)
+    assert segm == pytest.approx(record["heldout_ap"]["segm"], abs=0.01)

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
-from maskrt.cliargs import data_option, force_option, iters_option, output_option, seed_option
+from maskrt.cliargs import data_option, force_option, output_option, seed_option
 from maskrt.errors import MaskrtError
+
+from .train import TrainConfig
+
+# The default recipe's length: what the shipped demo model was trained with (training/shipped.py).
+iters_option = click.option(
+    "--iters", type=click.IntRange(min=1), default=TrainConfig.iters, show_default=True,
+    help="Training iterations.",
+)  # fmt: skip
 
 
 @click.group("data")
@@ -48,7 +56,7 @@ def train_command(
     without --data, on the synthetic shapes dataset it makes itself."""
     from maskrt.fileio import check_writable
 
-    from .train import TrainConfig, train_demo
+    from .train import train_demo
 
     check_writable(output, force)
     if data is not None and not Path(data).is_dir():

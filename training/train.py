@@ -1,14 +1,12 @@
 """Deterministic training of the demo Mask R-CNN on a COCO-format dataset.
 
-The recipe, for a model trained from scratch in minutes on 2 CPU cores: AdamW (lr 2e-3, weight
-decay 0.05 on weights, none on norms and biases), a linear warm-up over the first 50 iterations
-then a cosine decay to 0, batch 4, random horizontal flips, 1200 iterations. The demo spec
-trains with smaller samples than torchvision (128 anchors, 64 RoIs per image; 600/300 RPN
-proposals instead of 2000/2000), which halves the cost of an iteration on these small images.
-Measured on the demo data (held-out bbox AP): the legacy resnet18 model after 800 iterations,
-SGD (lr 0.02, step decay) 0.36, AdamW lr 1e-3 + cosine 0.56; the issue-34 model after 400
-iterations, AdamW lr 1e-3 / 2e-3 / 4e-3 with 32-channel heads 0.27 / 0.33 / 0.30 (BENCHMARKS.md,
-2026-12-06).
+The recipe (:class:`TrainConfig`), for a model trained from scratch on 2 CPU cores: AdamW (lr
+2e-3, weight decay 0.05 on weights, none on norms and biases), a linear warm-up over the first 50
+iterations then a cosine decay to 0, batch 4, random horizontal flips, 3000 iterations; the
+shipped demo model was trained with it (training/shipped.py). The demo spec trains with smaller
+samples than torchvision (128 anchors, 64 RoIs per image; 600/300 RPN proposals instead of
+2000/2000), which halves the cost of an iteration on these small images. The recipes and models
+tried, with their held-out AP and time: BENCHMARKS.md, "The demo model (issue 34)".
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from .shapes import make_shapes_dataset
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iters: int = 1200
+    iters: int = 3000
     batch_size: int = 4
     lr: float = 2e-3
     weight_decay: float = 0.05
