@@ -2,7 +2,7 @@
 stage by stage vs ONNX Runtime's profile of the deploy graph, with each stage's FLOPs.
 
     python benchmarks/bench_stages.py --arch maskrcnn_resnet50_fpn --size 800x1344 [--batch 1]
-    python benchmarks/bench_stages.py --checkpoint $D/demo_maskrcnn.pt --data $D/shapes \
+    python benchmarks/bench_stages.py --checkpoint $D/demo_maskrcnn_v2.pt --data $D/shapes \
                                       --num-images 16 --batch 4
     [--reps 3] [--json OUT]
 

@@ -30,7 +30,7 @@ imported from this checkout through a folder of symlinks laid out like the wheel
     # then on the GPU machine (README.md, "On a GPU": the device tool's call, carry included)
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py --out $OUT
     python benchmarks/gpu_run.py --quick           # fewer repetitions
-    python benchmarks/gpu_run.py --device cpu --parts stages --arch demo_maskrcnn --size 128x160
+    python benchmarks/gpu_run.py --device cpu --parts stages --arch demo_maskrcnn_v2 --size 128x160
                                                    # the stage code on the CPU (checks, no figures)
 
 Exit status: 0 when every part ran or was skipped, 1 when one failed or the budget ran out,

@@ -166,11 +166,6 @@ def max_batch_option(default: int = 1) -> Callable[[F], F]:
     )
 
 
-iters_option = click.option(
-    "--iters", type=click.IntRange(min=1), default=1500, show_default=True,
-    help="Training iterations.",
-)  # fmt: skip
-
 seed_option = click.option("--seed", default=0, show_default=True, help="Random seed.")
 
 json_option = click.option(

@@ -22,8 +22,13 @@ from typing import Any
 
 from maskrt.errors import MaskrtError
 
-# Architectures we can rebuild. The demo model is ours; the others are torchvision builders.
-DEMO_ARCH = "demo_maskrcnn"
+# Architectures we can rebuild. The demo models are ours; the others are torchvision builders.
+# DEMO_ARCH is what `maskrt train` / `maskrt demo` make; LEGACY_DEMO_ARCH (resnet18 + FPN, 64
+# channels, 12.5 M parameters) is the demo model of earlier maskrt versions, kept so that their
+# checkpoints still load.
+DEMO_ARCH = "demo_maskrcnn_v2"
+LEGACY_DEMO_ARCH = "demo_maskrcnn"
+DEMO_ARCHS = (DEMO_ARCH, LEGACY_DEMO_ARCH)
 TORCHVISION_ARCHS = (
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
@@ -33,7 +38,7 @@ TORCHVISION_ARCHS = (
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
 )
-ARCHS = (DEMO_ARCH, *TORCHVISION_ARCHS)
+ARCHS = (*DEMO_ARCHS, *TORCHVISION_ARCHS)
 # Any other GeneralizedRCNN: rebuilt by its ``factory`` when it names one, else not at all.
 CUSTOM_ARCH = "custom"
 
@@ -129,7 +134,7 @@ class ModelSpec:
                 f"({SPEC_VERSION}); upgrade maskrt"
             )
         if self.mask_head is None:
-            named = self.arch == DEMO_ARCH or self.arch.startswith("maskrcnn")
+            named = self.arch in DEMO_ARCHS or self.arch.startswith("maskrcnn")
             object.__setattr__(self, "mask_head", named)
         if self.keypoint_head is None:
             object.__setattr__(self, "keypoint_head", self.arch.startswith("keypointrcnn"))
@@ -267,7 +272,7 @@ _BUILDER_DEFAULTS: dict[str, dict[str, Any]] = {
 def default_spec(arch: str, **changes: Any) -> ModelSpec:
     """The spec of torchvision's builder ``arch`` with its defaults (COCO: 91 classes), or
     the demo spec."""
-    base = demo_spec() if arch == DEMO_ARCH else ModelSpec(arch=arch)
+    base = demo_spec().replace(arch=arch) if arch in DEMO_ARCHS else ModelSpec(arch=arch)
     return base.replace(**{**_BUILDER_DEFAULTS.get(arch, {}), **changes})
 
 
@@ -291,7 +296,8 @@ def _torchvision_kwargs(spec: ModelSpec) -> dict[str, Any]:
     )
 
 
-def _build_demo(spec: ModelSpec) -> Any:
+def _build_legacy_demo(spec: ModelSpec) -> Any:
+    """The demo model before issue 34: resnet18 + 4-level FPN, 64 channels (12.5 M parameters)."""
     from torchvision.models import resnet18
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -314,6 +320,76 @@ def _build_demo(spec: ModelSpec) -> Any:
         box_head=TwoMLPHead(channels * 7 * 7, 256),
         box_predictor=FastRCNNPredictor(256, spec.num_classes),
         mask_head=MaskRCNNHeads(channels, [channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(channels, channels, spec.num_classes),
+        **_torchvision_kwargs(spec),
+    )
+
+
+# The demo model (issue 34): a narrow ResNet-style trunk (one BasicBlock per stage), an FPN on
+# its stride 8/16/32 stages plus the max-pooled stride-64 map, 64-channel heads. Its shapes are
+# 20-100 px on 128-px images, so stride 4 and torchvision's 512-px anchors buy nothing here.
+DEMO_TRUNK_WIDTHS = (32, 64, 128, 256)
+DEMO_FPN_STAGES = (2, 3, 4)  # layerN of the trunk that feed the FPN
+DEMO_ANCHOR_SIZES = (32, 64, 128, 256)  # one per feature map (FPN stages, then the pooled one)
+DEMO_CHANNELS = 64
+DEMO_BOX_REPRESENTATION = 256
+DEMO_MASK_LAYERS = 2
+
+
+def _demo_trunk(widths: Sequence[int]) -> Any:
+    """ResNet-style trunk: conv1/bn1/relu/maxpool stem (stride 4), then layer1..layer4 of one
+    BasicBlock each (strides 4, 8, 16, 32). Images [B, 3, H, W] -> layerN [B, widths[N-1], ...]."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock
+
+    trunk = nn.Sequential()
+    trunk.add_module("conv1", nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False))
+    trunk.add_module("bn1", nn.BatchNorm2d(widths[0]))
+    trunk.add_module("relu", nn.ReLU(inplace=True))
+    trunk.add_module("maxpool", nn.MaxPool2d(3, stride=2, padding=1))
+    cin = widths[0]
+    for i, width in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        downsample = None
+        if stride != 1 or cin != width:
+            downsample = nn.Sequential(
+                nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
+            )
+        trunk.add_module(f"layer{i + 1}", BasicBlock(cin, width, stride, downsample))
+        cin = width
+    return trunk
+
+
+def _build_demo(spec: ModelSpec) -> Any:
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    channels = DEMO_CHANNELS
+    # Trained from scratch, so its batch norms learn (torchvision freezes them only because its
+    # backbones start from ImageNet statistics).
+    backbone = BackboneWithFPN(
+        _demo_trunk(DEMO_TRUNK_WIDTHS),
+        return_layers={f"layer{n}": str(k) for k, n in enumerate(DEMO_FPN_STAGES)},
+        in_channels_list=[DEMO_TRUNK_WIDTHS[n - 1] for n in DEMO_FPN_STAGES],
+        out_channels=channels,
+    )
+    maps = [str(k) for k in range(len(DEMO_FPN_STAGES))]  # the pooled map is not RoI-pooled
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=AnchorGenerator(
+            tuple((size,) for size in DEMO_ANCHOR_SIZES),
+            ((0.5, 1.0, 2.0),) * len(DEMO_ANCHOR_SIZES),
+        ),
+        box_roi_pool=MultiScaleRoIAlign(maps, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, DEMO_BOX_REPRESENTATION),
+        box_predictor=FastRCNNPredictor(DEMO_BOX_REPRESENTATION, spec.num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(maps, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, [channels] * DEMO_MASK_LAYERS, 1),
         mask_predictor=MaskRCNNPredictor(channels, channels, spec.num_classes),
         **_torchvision_kwargs(spec),
     )
@@ -382,6 +458,8 @@ def build_model(spec: ModelSpec, allow_factory: bool = False) -> Any:
         )
     elif spec.arch == DEMO_ARCH:
         model = _build_demo(spec)
+    elif spec.arch == LEGACY_DEMO_ARCH:
+        model = _build_legacy_demo(spec)
     else:
         builder = getattr(tvd, spec.arch)
         kwargs = _torchvision_kwargs(spec)

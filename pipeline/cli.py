@@ -22,7 +22,6 @@ from maskrt.cliargs import (
     data_option,
     factory_kwargs,
     force_option,
-    iters_option,
     json_option,
     limit_option,
     max_batch_option,
@@ -32,6 +31,7 @@ from maskrt.cliargs import (
 from maskrt.contract import PRECISIONS
 from maskrt.errors import MaskrtError
 from maskrt.runtime.cli import backend_option
+from maskrt.training.cli import iters_option
 
 
 def _data_split(data: str | None, images: str | None, annotations: str | None) -> tuple[Path, Path]:
@@ -293,10 +293,17 @@ def default_cache_dir() -> Path:
     default=None,
     help="Dataset and model cache [default: $MASKRT_CACHE_DIR or ~/.cache/maskrt].",
 )
-@click.option("--retrain", is_flag=True, help="Train the demo model again even if cached.")
-@iters_option
-def demo_command(cache_dir: str | None, retrain: bool, iters: int) -> None:
-    """The main job on the embedded data: train, export, convert, and prove it in COCO AP.
+@click.option(
+    "--retrain", is_flag=True,
+    help="Train the demo model here (the shipped model's recipe) instead of using the shipped "
+    "one or one trained here before.",
+)  # fmt: skip
+@iters_option(None)
+def demo_command(cache_dir: str | None, retrain: bool, iters: int | None) -> None:
+    """The main job on the embedded data: export, convert, and prove it in COCO AP.
+
+    Uses the demo Mask R-CNN that ships with maskrt (trained by `maskrt train`); --retrain
+    trains it here, with the shipped model's recipe (--iters changes its length).
 
     Ends with one table: PyTorch FP32 against the ONNX FP32, surgered (plugin), FP16 and INT8
     graphs (and TensorRT engines where TensorRT is installed); exits 1 if a ΔAP is out of

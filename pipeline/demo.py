@@ -6,12 +6,14 @@ artifact the pipeline produces on the held-out split and prints one accuracy tab
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from maskrt.coco import split_paths
 from maskrt.errors import MaskrtError
+from maskrt.specs import DEMO_ARCH
 from maskrt.training.shapes import make_shapes_dataset
 
 from .validate import ValidationReport
@@ -20,6 +22,9 @@ DEMO_TRAIN_IMAGES = 1000
 DEMO_VAL_IMAGES = 200
 DEMO_SEED = 0
 DEMO_CALIB_IMAGES = 256
+# Seconds per training iteration (--retrain) on 2-core machines, torch's AVX-512 to its AVX2
+# kernels: BENCHMARKS.md, "2026-12-06: a new demo model, shipped".
+DEMO_SECONDS_PER_ITER = (0.33, 0.47)
 
 
 def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
@@ -41,30 +46,44 @@ def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
 
 
 def ensure_model(
-    path: Path, data_root: Path, retrain: bool, iters: int, echo: Callable[[str], None]
+    path: Path,
+    data_root: Path,
+    retrain: bool,
+    iters: int | None,
+    echo: Callable[[str], None],
 ) -> Path:
-    """The cached demo checkpoint, trained on first use (or when ``retrain``)."""
+    """The demo checkpoint: one trained here before (``path``, by ``--retrain``), else the
+    shipped one after its hash check; with ``retrain``, trained here now into ``path`` with the
+    shipped model's recipe (``iters`` overrides its length)."""
+    from maskrt.training.shipped import shipped_demo_checkpoint
     from maskrt.training.train import TrainConfig, train_demo
 
-    if path.is_file() and not retrain:
-        echo(f"Reusing the demo model {path}")
-        return path
-    # measured 0.44 s (AVX-512) to 1.15 s (AVX2) per iteration on 2-core machines
-    minutes = f"{iters * 0.44 / 60:.0f}-{iters * 1.15 / 60:.0f}"
-    echo(f"Training the demo Mask R-CNN ({iters} iterations; ~{minutes} minutes on 2 cores) ...")
-    train_demo(
-        path,
-        data_root=data_root,
-        config=TrainConfig(iters=iters, seed=DEMO_SEED),
-        show_progress=True,
+    if not retrain:
+        if iters is not None:
+            raise MaskrtError("--iters sets the length of --retrain's training; pass --retrain")
+        if path.is_file():
+            echo(f"Reusing the demo model trained here before: {path} (delete it to use the "
+                 "shipped one)")  # fmt: skip
+            return path
+        shipped = shipped_demo_checkpoint()
+        echo(f"Using the shipped demo model {shipped} (SHA-256 checked)")
+        return shipped
+    config = TrainConfig(seed=DEMO_SEED)
+    if iters is not None:
+        config = dataclasses.replace(config, iters=iters)
+    low, high = (config.iters * s / 60 for s in DEMO_SECONDS_PER_ITER)
+    echo(
+        f"Training the demo Mask R-CNN ({config.iters} iterations; ~{low:.0f}-{high:.0f} minutes "
+        "on 2 cores) ..."
     )
+    train_demo(path, data_root=data_root, config=config, show_progress=True)
     return path
 
 
 def run_demo(
     cache_dir: Path,
     retrain: bool = False,
-    iters: int = 1500,
+    iters: int | None = None,
     calib_images: int = DEMO_CALIB_IMAGES,
     echo: Callable[[str], None] = print,
 ) -> ValidationReport:
@@ -74,7 +93,9 @@ def run_demo(
     start = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_root = ensure_dataset(cache_dir / "shapes", echo)
-    checkpoint = ensure_model(cache_dir / "demo_maskrcnn.pt", data_root, retrain, iters, echo)
+    # Named after the architecture: a model trained here of an earlier demo architecture is not
+    # reused.
+    checkpoint = ensure_model(cache_dir / f"{DEMO_ARCH}.pt", data_root, retrain, iters, echo)
     out = cache_dir / "artifacts"
     echo(f"Exporting, converting and evaluating every artifact into {out} ...")
     report = validate(checkpoint, data_root, out, calib_images=calib_images, show_progress=True)

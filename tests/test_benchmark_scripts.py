@@ -82,7 +82,7 @@ def test_preprocess_benchmark_agrees_with_torchvision(tmp_path: Path) -> None:
 
 def test_stage_benchmark_covers_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    r = _run("bench_stages.py", "--arch", "demo_maskrcnn", "--size", "128x160", "--batch", "2",
+    r = _run("bench_stages.py", "--arch", "demo_maskrcnn_v2", "--size", "128x160", "--batch", "2",
              "--num-images", "4", "--detections", "5", "--reps", "1",
              "--json", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -109,7 +109,7 @@ def test_stage_benchmark_covers_every_stage(tmp_path: Path) -> None:
 
 
 def test_detection_differences_explains_each_image() -> None:
-    r = _run("detection_differences.py", "--arch", "demo_maskrcnn", "--size", "128x160",
+    r = _run("detection_differences.py", "--arch", "demo_maskrcnn_v2", "--size", "128x160",
              "--num-images", "1")  # fmt: skip
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("image 0: "))
@@ -130,7 +130,7 @@ def test_gpu_run_on_the_cpu_builds_skips_the_gpu_parts_and_reports(tmp_path: Pat
     lib, out = tmp_path / "lib", tmp_path / "report"
     common = ["--build-dir", str(lib), "--cuda-arch", "none"]
     r = _run("gpu_run.py", "--out", str(out), *common, "--device", "cpu",
-             "--parts", "build,tests,kernel,stages", "--arch", "demo_maskrcnn",
+             "--parts", "build,tests,kernel,stages", "--arch", "demo_maskrcnn_v2",
              "--size", "128x160", "--batches", "1,2", "--dtypes", "fp32",
              "--reps", "1", "--warmup", "0")  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr

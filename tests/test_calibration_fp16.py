@@ -98,7 +98,7 @@ def test_fp16_deploy_graph_types(random_demo_deploy_graph: Path, fp16_graph: Pat
     units = [n for n in model.graph.node if is_unit(n)]
     assert len(units) == 2
     for u in units:  # FP16 features in and out, FP32 RoIs
-        assert [types[t] for t in u.input] == [TensorProto.FLOAT16] * 4 + [TensorProto.FLOAT]
+        assert [types[t] for t in u.input] == [TensorProto.FLOAT16] * 3 + [TensorProto.FLOAT]
         assert types[u.output[0]] == TensorProto.FLOAT16
     # no FP32 -> FP16 -> FP32 round trips anywhere
     prod = producers(model)
@@ -130,7 +130,7 @@ def test_fp16_surgered_graph_feeds_fp16_features_to_the_plugin(fp16_graph: Path)
     plugins = [n for n in model.graph.node if is_unit(n)]
     assert len(plugins) == 2
     for p in plugins:
-        assert [types[t] for t in p.input] == [TensorProto.FLOAT16] * 4 + [TensorProto.FLOAT]
+        assert [types[t] for t in p.input] == [TensorProto.FLOAT16] * 3 + [TensorProto.FLOAT]
         assert types[p.output[0]] == TensorProto.FLOAT16
 
     # ONNX Runtime runs it (the plugin nodes upcast in memory, as the ORT backend does) and

@@ -26,7 +26,7 @@ def test_prediction_layers_and_roi_heads_found_by_data_flow(random_demo_deploy_g
     regions = find_regions(model)
     preds = [model.graph.node[i] for i in prediction_nodes(model, regions)]
     assert {n.input[1] for n in preds} == PREDICTION_WEIGHTS
-    assert len(preds) == 2 * 5 + 2 + 1  # the RPN head runs once per FPN level (5)
+    assert len(preds) == 2 * 4 + 2 + 1  # the RPN head runs once per feature map (3 FPN + pool)
     heads = roi_head_tensors(model, regions)
     assert any("box_head" in t for t in heads) and any("mask_head" in t for t in heads)
     assert not any("backbone" in t or "rpn" in t for t in heads)

@@ -9,7 +9,7 @@ import torch
 
 from maskrt.checkpoint import load_checkpoint, save_checkpoint
 from maskrt.errors import MaskrtError
-from maskrt.specs import build_model, default_spec, demo_spec
+from maskrt.specs import DEMO_ARCH, build_model, default_spec, demo_spec
 
 
 def test_round_trip_keeps_spec_and_weights(tmp_path: Path) -> None:
@@ -33,8 +33,8 @@ def test_plain_state_dict_needs_and_accepts_an_arch(tmp_path: Path) -> None:
     torch.save(build_model(spec).state_dict(), path)
     with pytest.raises(MaskrtError, match="--arch"):
         load_checkpoint(path)
-    spec2, _ = load_checkpoint(path, arch="demo_maskrcnn")
-    assert spec2.arch == "demo_maskrcnn" and spec2.num_classes == spec.num_classes
+    spec2, _ = load_checkpoint(path, arch=DEMO_ARCH)
+    assert spec2.arch == DEMO_ARCH and spec2.num_classes == spec.num_classes
 
 
 def test_plain_torchvision_state_dict_infers_num_classes(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     with pytest.raises(MaskrtError) as e:
-        load_checkpoint(path, arch="demo_maskrcnn")
+        load_checkpoint(path, arch=DEMO_ARCH)
     assert "missing keys: rpn.head.conv.0.0.weight" in str(e.value)
     assert "unexpected keys: extra.weight" in str(e.value)
 

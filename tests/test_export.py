@@ -132,14 +132,15 @@ def test_roialign_units(random_demo) -> None:
     for a in attrs:
         assert a["sampling_ratio"] == 2 and a["aligned"] == 0
         assert a["canonical_scale"] == 224 and a["canonical_level"] == 4
-        assert np.allclose(a["spatial_scales"], [1 / 4, 1 / 8, 1 / 16, 1 / 32])
+        # the demo model pools its three FPN levels (strides 8, 16, 32; not the pooled map)
+        assert np.allclose(a["spatial_scales"], [1 / 8, 1 / 16, 1 / 32])
     for n in units:
-        assert len(n.input) == 5  # four feature maps, then the RoIs
+        assert len(n.input) == 4  # three feature maps, then the RoIs
     # The function defining the unit is in the file, with the standard-op body.
     funcs = [f for f in model.functions if (f.domain, f.name) == (UNIT_DOMAIN, UNIT_OP_TYPE)]
     assert len(funcs) == 1
     ops = [n.op_type for n in funcs[0].node]
-    assert ops.count("RoiAlign") == 4 and ops.count("NonZero") == 4  # one pooling per level
+    assert ops.count("RoiAlign") == 3 and ops.count("NonZero") == 3  # one pooling per level
     assert not {"Loop", "If"} & set(ops)
     # The plugin contract accepts the attributes one to one.
     fields_mod = pytest.importorskip("maskrt.plugins.contract")

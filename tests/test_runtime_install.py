@@ -115,6 +115,15 @@ def test_runtime_install_runs_without_torch(
     assert answers["runtime"][0], "no detections on the held-out images"
     assert answers["runtime"] == answers["full"]
 
+    # the installed package (not the checkout) carries the demo model, and it passes its hash check
+    shipped = subprocess.run(
+        [str(python), "-c", "from maskrt.training.shipped import shipped_demo_checkpoint as s; "
+         "print(s())"],
+        capture_output=True, text=True, cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    assert shipped.returncode == 0, shipped.stderr[-2000:]
+    assert str(ROOT) not in shipped.stdout and "site-packages" in shipped.stdout, shipped.stdout
+
     # `maskrt --help` needs nothing beyond the base install: it loads none of the extras
     helped = _maskrt(python, "--help")
     assert helped.returncode == 0 and "LOADED []" in helped.stderr, helped.stderr[-2000:]
