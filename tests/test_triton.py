@@ -218,7 +218,8 @@ def test_http_and_grpc_answer_as_maskrt_infer(
 
     server, graph = served
     image_dir, _ = split_paths(heldout_dataset, "val")
-    paths = sorted(image_dir.glob("*.png"))[:4]
+    # and one without detections: empty response tensors cross the stub too
+    paths = [*sorted(image_dir.glob("*.png"))[:4], _nothing_detected(graph, tmp_path)]
     out = tmp_path / "infer"
     r = CliRunner().invoke(
         main, ["infer", str(graph), *map(str, paths), "-o", str(out), "--score-threshold", "0",
@@ -237,6 +238,19 @@ def test_http_and_grpc_answer_as_maskrt_infer(
             got += to_coco_results(ids[p.name], _detections(result))
         assert got == expected, module.__name__
     assert any(rec["score"] >= 0.5 for rec in expected), "the model detects nothing"
+
+
+def _nothing_detected(graph: Path, folder: Path) -> Path:
+    """A PNG on which ``graph`` detects nothing (in-process): a uniform image, the first grey
+    level of several that gives no detection, so that responses without detections are served."""
+    with load_predictor(graph) as predictor:
+        for level in range(0, 256, 8):
+            image = np.full((96, 128, 3), level, np.uint8)
+            if not len(predictor.predict([image])[0]):
+                path = folder / f"uniform-{level}.png"
+                Image.fromarray(image).save(path)
+                return path
+    raise AssertionError("the model detects something on every uniform image")
 
 
 def _agreement(a: Detections, b: Detections) -> float:
@@ -316,11 +330,14 @@ def test_bad_requests_fail_alone_and_the_server_keeps_serving(
     good = sorted(image_dir.glob("*.png"))[0].read_bytes()
     jpeg = io.BytesIO()
     Image.open(io.BytesIO(good)).convert("RGB").save(jpeg, format="JPEG")
+    sliver = io.BytesIO()  # 1 x 2000 px: the model's resize gives it no height
+    Image.new("RGB", (2000, 1)).save(sliver, format="PNG")
     bad = {
         "not an image": (b"hello, triton", "cannot read"),
         "no bytes": (b"", "no bytes"),
         "too large": (_png_claiming(20000, 20000), "megapixels"),
         "truncated JPEG": (jpeg.getvalue()[: len(jpeg.getvalue()) // 3], "cannot read"),
+        "too elongated": (sliver.getvalue(), "elongated"),
     }
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
 
@@ -576,7 +593,7 @@ def _on_canvas(graph: Path, paths: list[Path]) -> list[Detections]:
 
 
 def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
-    served_ensemble: tuple[TritonServer, Path], heldout_dataset: Path
+    served_ensemble: tuple[TritonServer, Path], heldout_dataset: Path, tmp_path: Path
 ) -> None:
     """HTTP and gRPC answers of the ensemble equal the in-process Predictor's on the same graph
     padding to the same canvas (224x224: the ensemble pads every image to it so that requests
@@ -587,9 +604,10 @@ def test_ensemble_answers_as_the_predictor_batches_and_refuses_bad_requests(
 
     server, graph = served_ensemble
     image_dir, _ = split_paths(heldout_dataset, "val")
-    paths = sorted(image_dir.glob("*.png"))[:6]
+    paths = [*sorted(image_dir.glob("*.png"))[:6], _nothing_detected(graph, tmp_path)]
     expected = _on_canvas(graph, paths)
     assert any(len(filter_by_score(e, 0.5)) for e in expected), "the model detects nothing"
+    assert not len(expected[-1]), "the uniform image has detections on the canvas"
     http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
     grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
     for module, client in ((httpclient, http), (grpcclient, grpc)):

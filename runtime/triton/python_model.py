@@ -35,7 +35,7 @@ from maskrt.specs import ModelSpec
 
 from ..images import decode_image
 from ..postprocess import postprocess
-from ..preprocess import Batch, preprocess
+from ..preprocess import Batch, preprocess, target_size
 from .layout import SPEC_FILE
 from .tensors import ORIGINAL_SIZE, REQUEST_INPUT, RESPONSE
 
@@ -54,6 +54,25 @@ def error_status(error: Exception) -> tuple[str, str]:
     if isinstance(error, MaskrtError):
         return "INTERNAL", str(error)
     return "INTERNAL", f"{type(error).__name__}: {error}"
+
+
+def dlpack_ready(array: np.ndarray) -> np.ndarray:
+    """``array`` as python_backend's ``Tensor.from_dlpack`` takes it: C-ordered and writable
+    (numpy exports those only) and, when empty, with the strides of its shape counting each
+    empty dimension as one. numpy exports zero strides for an empty array, which the stub's
+    contiguity check refuses (python_backend src/pb_tensor.cc, ``FromDLPackCapsule``: every
+    dimension but the first that is not 1 must have the C-order stride), so a response with
+    no detections failed as INTERNAL."""
+    array = np.require(array, None, ["C", "W"])
+    if array.size:
+        return array
+    strides, step = [], array.itemsize
+    for dim in reversed(array.shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, array.dtype), array.shape, tuple(reversed(strides))
+    )
 
 
 def _error_response(pb_utils: Any, error: Exception, prefix: str = "") -> Any:
@@ -77,6 +96,15 @@ def decode_request(data: np.ndarray) -> np.ndarray:
     try:
         return decode_image(data.tobytes(), "the request's image")
     except MaskrtError as e:  # what decode_image refuses is the client's file
+        raise RequestError(str(e)) from None
+
+
+def check_resizable(image: np.ndarray, spec: ModelSpec) -> None:
+    """A :class:`RequestError` for an image the model's resize refuses (too elongated): found
+    per request, so that one such image does not fail the batch it was put in."""
+    try:
+        target_size(image, spec)
+    except MaskrtError as e:
         raise RequestError(str(e)) from None
 
 
@@ -159,11 +187,7 @@ def _respond(requests: list[Any], inputs: list[str], outputs: list[str], fn: Any
             result = fn(tensors)
             responses.append(
                 pb_utils.InferenceResponse(
-                    [
-                        # DLPack here exports writable, C-ordered arrays only
-                        pb_utils.Tensor.from_dlpack(n, np.require(result[n], None, ["C", "W"]))
-                        for n in outputs
-                    ]
+                    [pb_utils.Tensor.from_dlpack(n, dlpack_ready(result[n])) for n in outputs]
                 )
             )
         except Exception as e:  # noqa: BLE001 - the request hears why; the batch goes on
@@ -229,7 +253,9 @@ class TritonPythonModel:
                 tensor = pb_utils.get_input_tensor_by_name(request, REQUEST_INPUT)
                 if tensor is None:
                     raise RequestError(f"the request has no '{REQUEST_INPUT}' input")
-                images.append(decode_request(np.from_dlpack(tensor)))
+                image = decode_request(np.from_dlpack(tensor))
+                check_resizable(image, self.predictor.spec)
+                images.append(image)
                 owners.append(i)
             except Exception as e:  # noqa: BLE001 - this request hears why; the batch goes on
                 responses[i] = _error_response(pb_utils, e)
@@ -241,8 +267,7 @@ class TritonPythonModel:
             tensors = encode_response(d, self.with_masks, self.num_keypoints)
             responses[i] = pb_utils.InferenceResponse(
                 [
-                    # DLPack here exports writable, C-ordered arrays only
-                    pb_utils.Tensor.from_dlpack(name, np.require(tensors[name], None, ["C", "W"]))
+                    pb_utils.Tensor.from_dlpack(name, dlpack_ready(tensors[name]))
                     for name in self.outputs
                 ]
             )
