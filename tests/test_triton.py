@@ -714,3 +714,12 @@ def test_tensorrt_layout_with_its_plugin_library_starts_and_answers(
     with pytest.raises(MaskrtError, match="Poll failed for model directory 'plugins'"):
         with _running(triton_home, repo):
             pass
+    # `maskrt triton --force` over that repository writes today's layout, and the server starts
+    r = CliRunner().invoke(main, ["triton", str(engine), "-o", str(repo), "--force"])
+    assert r.exit_code == 0, r.output
+    assert not (repo / "plugins").exists() and named.read_bytes() == library.read_bytes()
+    _stand_in_detector(repo / "maskrt_detector")
+    with _running(triton_home, repo) as server:
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        got = _detections(grpc.infer("maskrt", _request(grpcclient, paths[0].read_bytes())))
+        assert to_coco_results(1, got) == to_coco_results(1, expected[0])

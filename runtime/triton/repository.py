@@ -68,11 +68,20 @@ def resolve_detector(artifact: Path, detector: str) -> str:
     return detector
 
 
+# Where maskrt put the plugin library before the library moved into the detector's folder: a
+# root folder Triton takes for a model, which stops the server at start (layout.plugin_folder).
+_OLD_PLUGIN_FOLDER = "plugins"
+
+
 def _fresh_model_folders(root: Path, names: list[str]) -> None:
-    """Remove what an earlier `maskrt triton --force` left in the folders about to be written."""
+    """Remove what an earlier `maskrt triton --force` left in the folders about to be written,
+    and the root plugin folder an older maskrt wrote when it holds maskrt's libraries only."""
     for name in names:
         if (root / name).is_dir():
             shutil.rmtree(root / name)
+    old = root / _OLD_PLUGIN_FOLDER
+    if old.is_dir() and all(p.name.startswith("libmaskrt_roialign") for p in old.iterdir()):
+        shutil.rmtree(old)
 
 
 def _write_python(
