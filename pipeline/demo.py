@@ -45,6 +45,11 @@ def ensure_dataset(root: Path, echo: Callable[[str], None]) -> Path:
         )
 
 
+def _check_iters(retrain: bool, iters: int | None) -> None:
+    if iters is not None and not retrain:
+        raise MaskrtError("--iters sets the length of --retrain's training; pass --retrain")
+
+
 def ensure_model(
     path: Path,
     data_root: Path,
@@ -58,9 +63,8 @@ def ensure_model(
     from maskrt.training.shipped import shipped_demo_checkpoint
     from maskrt.training.train import TrainConfig, train_demo
 
+    _check_iters(retrain, iters)
     if not retrain:
-        if iters is not None:
-            raise MaskrtError("--iters sets the length of --retrain's training; pass --retrain")
         if path.is_file():
             echo(f"Reusing the demo model trained here before: {path} (delete it to use the "
                  "shipped one)")  # fmt: skip
@@ -90,6 +94,7 @@ def run_demo(
     """Data, model, then every artifact of the pipeline scored against PyTorch in one table."""
     from .validate import validate
 
+    _check_iters(retrain, iters)  # before any work
     start = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_root = ensure_dataset(cache_dir / "shapes", echo)
