@@ -152,26 +152,24 @@ def _default_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
-def _graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for n in graph.node:
+def _with_bodies(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """``nodes`` and, depth first, the nodes of every graph-valued attribute (If/Loop/Scan
+    bodies, at any depth)."""
+    for n in nodes:
         yield n
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_nodes(a.g)
+                yield from _with_bodies(a.g.node)
             for g in a.graphs:
-                yield from _graph_nodes(g)
+                yield from _with_bodies(g.node)
 
 
 def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node the parser imports: the graph's, its If/Loop/Scan bodies' and those of the
-    model-local functions (the parser inlines them)."""
-    yield from _graph_nodes(model.graph)
+    model-local functions (the parser inlines them), bodies inside functions included."""
+    yield from _with_bodies(model.graph.node)
     for f in model.functions:
-        for n in f.node:
-            yield n
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield from _graph_nodes(a.g)
+        yield from _with_bodies(f.node)
 
 
 def _op_lines(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto]) -> list[str]:

@@ -141,6 +141,38 @@ def test_local_functions_are_inlined_and_checked() -> None:
     assert line.startswith("op Unique")
 
 
+def test_bodies_inside_local_functions_are_checked() -> None:
+    """An If inside a function, with a Unique two bodies deep: found in each of the 2 x 2
+    branches."""
+    inner = helper.make_graph(
+        [helper.make_node("Unique", ["a"], ["u"])],
+        "inner",
+        [],
+        [helper.make_tensor_value_info("u", TensorProto.FLOAT, [None])],
+    )
+    outer = helper.make_graph(
+        [helper.make_node("If", ["c"], ["v"], then_branch=inner, else_branch=inner)],
+        "outer",
+        [],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [None])],
+    )
+    body = [
+        helper.make_node("ReduceMax", ["a"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["c"], to=TensorProto.BOOL),
+        helper.make_node("If", ["c"], ["b"], then_branch=outer, else_branch=outer),
+    ]
+    fn = helper.make_function(
+        "my.domain", "Fn", ["a"], ["b"], body, [helper.make_opsetid("", OPSET)]
+    )
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
+    node = helper.make_node("Fn", ["x"], ["y"], domain="my.domain")
+    model = _model([node], [x], [y], functions=[fn])
+    model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    lines = [ln for ln in tensorrt_findings(model) if ln.startswith("op Unique")]
+    assert len(lines) == 1 and lines[0].startswith("op Unique (4 node(s))"), lines
+
+
 def test_types_and_opsets() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.UINT8, [4])  # UINT8 input: taken
     d = helper.make_tensor_value_info("d", TensorProto.DOUBLE, [4])
