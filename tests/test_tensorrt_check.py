@@ -241,7 +241,7 @@ def past_limits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 @pytest.mark.slow
 def test_rpn_nms_batch_items_are_image_level_pairs(past_limits: tuple[Path, Any]) -> None:
-    """Each (image, level) is its own NMS batch item: 4000 boxes, not 5 levels * 4000 in one
+    """Each (image, level) is its own NMS batch item: 4000 boxes, not 4 maps * 4000 in one
     item (which TensorRT would cut to its best 5000). The box head's items hold the proposals."""
     _, model = past_limits
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -253,7 +253,8 @@ def test_rpn_nms_batch_items_are_image_level_pairs(past_limits: tuple[Path, Any]
     assert [shapes[n.input[0]][1:] for n in nms] == [[4000, 4], [1000, 4]]
     assert [shapes[n.input[1]][1:] for n in nms] == [[1, 4000], [1, 1000]]
     (line,) = tensorrt_findings(model)
-    assert line.startswith("TopK K=4000 (5 node(s)) is above TensorRT's limit of 3840")
+    # one TopK per RPN feature map: the demo model's 3 FPN levels and the pooled map
+    assert line.startswith("TopK K=4000 (4 node(s)) is above TensorRT's limit of 3840")
     assert line.endswith("(spec field rpn_pre_nms_top_n_test=4000)")
 
 
