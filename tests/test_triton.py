@@ -410,6 +410,60 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(
             proc.kill()
 
 
+def _tritonservers_on(port: int) -> list[int]:
+    """PIDs of tritonserver processes started with ``--http-port=port``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"tritonserver") and f"--http-port={port}".encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_serve_stopped_while_starting_leaves_no_server(
+    triton_home: Path, tmp_path: Path, served: tuple[TritonServer, Path]
+) -> None:
+    """SIGTERM while the server is still loading its models: `maskrt serve` stops it (the server
+    runs in its own session, so killing `maskrt serve` alone would leave it running) and says so
+    in one line."""
+    import signal
+    import time
+
+    _, graph = served
+    repo = write_repository(graph, tmp_path / "repo", max_batch=2)
+    http, grpc, metrics = _free_ports(3)
+    env = dict(os.environ, MASKRT_TRITON_HOME=str(triton_home))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from maskrt.pipeline.main import main; main()", "serve",
+         str(repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port",
+         str(metrics)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _tritonservers_on(http) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _tritonservers_on(http), "tritonserver never started"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        out = proc.stdout.read() if proc.stdout else ""
+        # stopped while starting (the usual case), or just after it became ready
+        starting = out.strip() == "Error: tritonserver was stopped before it was ready"
+        assert (code == 1 and starting) or (code == 0 and "Triton stopped" in out), (code, out)
+        deadline = time.monotonic() + 30
+        while _tritonservers_on(http) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _tritonservers_on(http), "tritonserver left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _tritonservers_on(http):
+            os.kill(pid, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ ensembles
 
 

@@ -51,10 +51,11 @@ def serve_command(
     from .server import TritonServer
 
     server = TritonServer(repository, http_port, grpc_port, metrics_port, address)
-    server.start()
-    click.echo(
-        f"Triton ready: http://{address}:{http_port}, grpc {address}:{grpc_port}, metrics "
-        f"http://{address}:{metrics_port}/metrics (Ctrl-C stops it)"
-    )
-    code = server.wait()
+    with server.stopped_by_sigterm():  # from before the start: no moment that SIGTERM kills us
+        server.start()
+        click.echo(
+            f"Triton ready: http://{address}:{http_port}, grpc {address}:{grpc_port}, metrics "
+            f"http://{address}:{metrics_port}/metrics (Ctrl-C stops it)"
+        )
+        code = server.wait()
     click.echo(f"Triton stopped ({code})")

@@ -14,6 +14,7 @@ them, and the repository's model.py adds them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -95,6 +97,7 @@ class TritonServer:
         self._scratch = tempfile.TemporaryDirectory(prefix="maskrt-triton-")
         self.log_path = Path(log_path) if log_path else Path(self._scratch.name) / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._stop_requested = False
 
     def _command_and_env(self) -> tuple[list[str], dict[str, str]]:
         exe = find_tritonserver()
@@ -134,14 +137,20 @@ class TritonServer:
         )
         log.close()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise MaskrtError(
-                    f"tritonserver exited ({self.process.returncode}): {self._tail()}"
-                )
-            if self.ready():
-                return self
-            time.sleep(0.25)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    if self._stop_requested:
+                        raise MaskrtError("tritonserver was stopped before it was ready")
+                    raise MaskrtError(
+                        f"tritonserver exited ({self.process.returncode}): {self._tail()}"
+                    )
+                if self.ready():
+                    return self
+                time.sleep(0.25)
+        except KeyboardInterrupt:  # the server runs in its own session: Ctrl-C does not reach it
+            self.stop()
+            raise
         self.stop()
         raise MaskrtError(f"tritonserver was not ready after {timeout_s:.0f} s: {self._tail()}")
 
@@ -175,23 +184,32 @@ class TritonServer:
 
     def _terminate(self) -> None:
         """Ask the server to stop (SIGTERM to its process group), without waiting."""
+        self._stop_requested = True
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    @contextlib.contextmanager
+    def stopped_by_sigterm(self) -> Iterator[None]:
+        """While inside, SIGTERM to this process asks the server to stop instead of killing
+        this process (which would leave the server, in its own session, running): enter it
+        before :meth:`start` so that no moment is left uncovered."""
+        # the handler only signals: waiting inside it would deadlock on Popen's wait lock
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: self._terminate())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def wait(self) -> int:
         """Block until the server exits; Ctrl-C or SIGTERM ask it to stop first (it finishes the
         requests in flight, for at most 5 s)."""
         assert self.process is not None, "start() first"
-        # the handler only signals: waiting inside it would deadlock on Popen's wait lock
-        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: self._terminate())
-        try:
+        with self.stopped_by_sigterm():
             while True:
                 try:
                     return self.process.wait()
                 except KeyboardInterrupt:
                     self._terminate()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def __enter__(self) -> TritonServer:
         return self.start()
