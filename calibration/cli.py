@@ -33,6 +33,13 @@ method_option = click.option(
     "--cache", type=click.Path(dir_okay=False), default=None, help="INT8: calibration cache JSON."
 )
 @click.option(
+    "--fp16-groups",
+    default=None,
+    metavar="G,...",
+    help="INT8: keep these groups out of INT8, in FP16 (backbone1.., backbone, fpn, rpn, box, "
+    "mask, keypoint; found from the graph's structure).",
+)
+@click.option(
     "--keep-io-types/--no-keep-io-types",
     default=True,
     show_default=True,
@@ -47,6 +54,7 @@ def calibrate_command(
     method: str,
     calib_images: int,
     cache: str | None,
+    fp16_groups: str | None,
     keep_io_types: bool,
     force: bool,
 ) -> None:
@@ -56,8 +64,10 @@ def calibrate_command(
 
     check_writable(output, force)  # fail before the slow part
     if precision == "fp16":
-        if calib_data or cache:
-            raise MaskrtError("--calib-data and --cache apply to --precision int8 only")
+        if calib_data or cache or fp16_groups:
+            raise MaskrtError(
+                "--calib-data, --cache and --fp16-groups apply to --precision int8 only"
+            )
         from .fp16 import calibrate_fp16
 
         click.echo(str(calibrate_fp16(model, output, keep_io_types=keep_io_types, force=force)))
@@ -75,5 +85,6 @@ def calibrate_command(
         cache=cache,
         force=force,
         show_progress=True,
+        fp16_groups=fp16_groups or (),
     )
     click.echo(str(summary))
