@@ -19,6 +19,15 @@ method_option = click.option(
     help="INT8: how activation ranges are chosen (minmax, percentile, entropy/KL).",
 )
 
+# Shared by calibrate and validate.
+fp16_groups_option = click.option(
+    "--fp16-groups",
+    default=None,
+    metavar="G,...",
+    help="INT8: keep these groups out of INT8, in FP16 (backbone1.., backbone, fpn, rpn, box, "
+    "mask, keypoint; found from the graph's structure).",
+)
+
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -32,13 +41,7 @@ method_option = click.option(
 @click.option(
     "--cache", type=click.Path(dir_okay=False), default=None, help="INT8: calibration cache JSON."
 )
-@click.option(
-    "--fp16-groups",
-    default=None,
-    metavar="G,...",
-    help="INT8: keep these groups out of INT8, in FP16 (backbone1.., backbone, fpn, rpn, box, "
-    "mask, keypoint; found from the graph's structure).",
-)
+@fp16_groups_option
 @click.option(
     "--keep-io-types/--no-keep-io-types",
     default=True,

@@ -23,6 +23,7 @@ the rest the RPN head.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import onnx
@@ -163,6 +164,21 @@ def _head_groups(
                 found.update(g.node[i].output)
                 nodes.add(i)
     return heads
+
+
+def group_precisions(meta: dict[str, str]) -> dict[str, str]:
+    """Group -> ``int8``/``fp16`` from a graph's metadata; empty when it records none (a graph
+    made without ``--fp16-groups``: every group is of the graph's precision)."""
+    text = meta.get(contract.META_PRECISION_GROUPS)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise MaskrtError(f"metadata {contract.META_PRECISION_GROUPS} is not JSON") from None
+    if not isinstance(value, dict):
+        raise MaskrtError(f"metadata {contract.META_PRECISION_GROUPS} is not a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def parse_group_names(text: str | Iterable[str], available: Iterable[str]) -> list[str]:

@@ -59,6 +59,7 @@ class Row:
     tolerance: float | None = None
     passed: bool | None = None  # None: reference row or skipped
     note: str = ""
+    groups: dict[str, str] = field(default_factory=dict)  # INT8 graph: group -> int8 | fp16
 
     @property
     def skipped(self) -> bool:
@@ -119,6 +120,7 @@ class ValidationReport:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(f"{self.num_images} images; Δ = AP − PyTorch AP in AP points.")
+        lines += [f"{r.name} groups: {_groups_line(r.groups)}." for r in self.rows if r.groups]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +131,10 @@ class ValidationReport:
             "failures": self.failures,
             "rows": [asdict(r) for r in self.rows],
         }
+
+
+def _groups_line(groups: Mapping[str, str]) -> str:
+    return ", ".join(f"{g} {p.upper()}" for g, p in groups.items())
 
 
 def _percent_pair(a: float | None, b: float | None) -> str:
@@ -274,6 +280,7 @@ def _plans(
     with_trt: bool,
     show_progress: bool,
     factory: Mapping[str, Any],
+    fp16_groups: str | None = None,
 ) -> list[_Plan]:
     """The artifacts of the table, made with `maskrt convert`'s own steps and file names."""
     from .convert import ArtifactPaths, build_step, export_step, precision_step, surgery_step
@@ -284,7 +291,7 @@ def _plans(
     def make_precision(precision: str) -> Callable[[], None]:
         return lambda: precision_step(
             fp32, paths.graph(precision), precision, calib_dir, method, calib_images,
-            paths.calibration_cache, show_progress,
+            paths.calibration_cache, show_progress, fp16_groups,
         )  # fmt: skip
 
     plans = [
@@ -311,6 +318,20 @@ def _plans(
     return plans
 
 
+def int8_group_precisions(graph: Path, fp32: Path) -> dict[str, str]:
+    """Group -> precision of the INT8 ONNX graph ``graph``: its metadata, else (made without
+    FP16 groups) every group of its FP32 deploy graph ``fp32`` in INT8."""
+    from maskrt.calibration.groups import find_groups, group_precisions
+    from maskrt.calibration.regions import find_regions
+    from maskrt.onnxio import load_onnx, metadata
+
+    recorded = group_precisions(metadata(load_onnx(graph, weights=False)))
+    if recorded:
+        return recorded
+    model = load_onnx(fp32)
+    return {g: "int8" for g in find_groups(model, find_regions(model))}
+
+
 def validate(
     checkpoint: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -322,15 +343,17 @@ def validate(
     show_progress: bool = False,
     factory: str | None = None,
     factory_args: dict[str, Any] | None = None,
+    fp16_groups: str | None = None,
 ) -> ValidationReport:
     """Make every artifact of ``checkpoint`` in ``out``, evaluate each on the val split of the
     maskrt dataset root ``data`` (calibrating INT8 on its train split) and write the table to
     ``out/validation.md`` and ``out/validation.json``. Does not raise on a failed tolerance:
-    check :attr:`ValidationReport.passed`."""
+    check :attr:`ValidationReport.passed`. ``fp16_groups`` keeps those groups of the INT8 graph
+    in FP16 (``maskrt calibrate --fp16-groups``); INT8 rows list every group's precision."""
     from maskrt.checkpoint import load_checkpoint
     from maskrt.coco import evaluate_detections, iou_types_for, load_coco, split_paths
 
-    from .convert import tensorrt_missing
+    from .convert import ArtifactPaths, tensorrt_missing
 
     tol = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
     ckpt = Path(checkpoint)
@@ -355,7 +378,7 @@ def validate(
     trt_note = tensorrt_missing()
     plans = _plans(
         ckpt, spec, model, out_dir, calib_dir, calib_images, method, trt_note is None,
-        show_progress, factory_options,
+        show_progress, factory_options, fp16_groups,
     )  # fmt: skip
     rows: list[Row] = []
     reference: dict[int, Detections] | None = None
@@ -379,6 +402,8 @@ def validate(
             with_keypoints="keypoints" in iou_types,
         )  # fmt: skip
         row.ap = {t: scores.stats[t]["AP"] for t in iou_types}
+        if plan.precision == "int8" and plan.path.suffix == ".onnx":
+            row.groups = int8_group_precisions(plan.path, ArtifactPaths(out_dir).fp32)
         row.latency_ms = run.latency_ms
         if reference is None:
             reference, ref_ap = run.detections, row.ap

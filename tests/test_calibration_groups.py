@@ -35,6 +35,7 @@ from maskrt.calibration.regions import (
     name_nodes,
 )
 from maskrt.errors import MaskrtError
+from maskrt.pipeline.validate import int8_group_precisions
 
 REPO = Path(__file__).resolve().parents[1]
 # main before precision groups: its calibration package makes today's all-INT8 graph
@@ -148,6 +149,8 @@ def test_without_groups_the_int8_graph_is_byte_identical_to_the_base(
     quantize_to_int8(random_demo_deploy_graph, new, images, method="minmax")
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(new)).graph.node) > 20
     assert new.read_bytes() == old.read_bytes()
+    shown = int8_group_precisions(new, random_demo_deploy_graph)  # no metadata: all INT8
+    assert list(shown)[-4:] == ["fpn", "rpn", "box", "mask"] and set(shown.values()) == {"int8"}
     # the FP16 conversion shares its code with the FP16 groups: unchanged too
     base_fp16 = importlib.import_module("base_calibration.fp16")
     base_fp16.calibrate_fp16(random_demo_deploy_graph, tmp_path / "old.fp16.onnx")
@@ -227,6 +230,8 @@ def test_fp16_groups_have_no_qdq_and_meet_int8_through_casts(
         assert f"FP16 groups: {', '.join(sorted(fp16, key=list(groups).index))}" in r.output
         model = onnx.load(str(out))
         _check_mixed(model, fp16, random_demo_deploy_graph)
+        shown = int8_group_precisions(out, random_demo_deploy_graph)  # `maskrt validate`'s
+        assert shown == {g: "fp16" if g in fp16 else "int8" for g in groups}
         # every matrix layer of an FP16 group computes in FP16, of an INT8 group reads DQ
         types, prod = elem_types(model), producers(model)
         by_name = {n.name: n for n in model.graph.node}
