@@ -43,6 +43,29 @@ fp16_groups_option = click.option(
 )
 @fp16_groups_option
 @click.option(
+    "--max-ap-drop",
+    type=float,
+    default=None,
+    metavar="D",
+    help="INT8: keep the fewest groups in FP16 so that the AP drop against the FP32 graph is "
+    "within D AP points (bbox and segm), measured on --eval-data; writes MODEL.search.json "
+    "beside the output.",
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --max-ap-drop: dataset root whose val/ split (COCO format) is evaluated, half "
+    "to choose the groups, half to report.",
+)
+@click.option(
+    "--eval-images",
+    type=click.IntRange(min=4),
+    default=200,
+    show_default=True,
+    help="With --max-ap-drop: how many val images to evaluate.",
+)
+@click.option(
     "--keep-io-types/--no-keep-io-types",
     default=True,
     show_default=True,
@@ -58,6 +81,9 @@ def calibrate_command(
     calib_images: int,
     cache: str | None,
     fp16_groups: str | None,
+    max_ap_drop: float | None,
+    eval_data: str | None,
+    eval_images: int,
     keep_io_types: bool,
     force: bool,
 ) -> None:
@@ -67,9 +93,10 @@ def calibrate_command(
 
     check_writable(output, force)  # fail before the slow part
     if precision == "fp16":
-        if calib_data or cache or fp16_groups:
+        if calib_data or cache or fp16_groups or max_ap_drop is not None or eval_data:
             raise MaskrtError(
-                "--calib-data, --cache and --fp16-groups apply to --precision int8 only"
+                "--calib-data, --cache, --fp16-groups, --max-ap-drop and --eval-data apply to "
+                "--precision int8 only"
             )
         from .fp16 import calibrate_fp16
 
@@ -77,6 +104,23 @@ def calibrate_command(
         return
     if not calib_data:
         raise MaskrtError("--precision int8 needs calibration images: pass --calib-data DIR")
+    if max_ap_drop is not None:
+        if fp16_groups:
+            raise MaskrtError("give either --fp16-groups or --max-ap-drop, not both")
+        if not eval_data:
+            raise MaskrtError("--max-ap-drop needs annotated images: pass --eval-data DIR")
+        from .search import report_path, search_fp16_groups
+
+        report = search_fp16_groups(
+            model, output, list(calib_data), eval_data, max_ap_drop, method=method,
+            max_images=calib_images, eval_images=eval_images, cache=cache, force=force,
+            show_progress=True,
+        )  # fmt: skip
+        click.echo(report.table())
+        click.echo(f"wrote {output} and {report_path(output)}")
+        return
+    if eval_data:
+        raise MaskrtError("--eval-data applies to --max-ap-drop only")
     from .int8 import quantize_to_int8
 
     summary = quantize_to_int8(
