@@ -104,6 +104,14 @@ def convert_command(
 @calib_images_option
 @method_option
 @fp16_groups_option
+@click.option(
+    "--max-ap-drop",
+    type=float,
+    default=None,
+    metavar="D",
+    help="Gate INT8 rows on their AP drop alone: fail when AP falls by more than D points "
+    "(the budget given to `maskrt calibrate --max-ap-drop`); replaces --tolerance int8=.",
+)
 @limit_option
 @model_factory_options
 def validate_command(
@@ -114,6 +122,7 @@ def validate_command(
     calib_images: int,
     method: str,
     fp16_groups: str | None,
+    max_ap_drop: float | None,
     limit: int | None,
     model_factory: str | None,
     factory_args: tuple[str, ...],
@@ -136,6 +145,7 @@ def validate_command(
             method=method,
             show_progress=True,
             fp16_groups=fp16_groups,
+            max_ap_drop=max_ap_drop,
             **factory_kwargs(model_factory, factory_args),
         )
         click.echo(report.markdown())
