@@ -166,6 +166,59 @@ def _head_groups(
     return heads
 
 
+def matrix_macs(
+    model: onnx.ModelProto, groups: dict[str, set[int]], side: int, proposals: int, detections: int
+) -> dict[int, float]:
+    """Multiply-accumulates of every Conv/ConvTranspose/Gemm/MatMul of the groups for one
+    ``side`` x ``side`` input; RoI heads count ``proposals`` RoIs (box) or ``detections``
+    (mask, keypoint), the most the graph feeds them. From ONNX shape inference; a node whose
+    shape stays unknown counts 0."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for i in fixed.graph.input:
+        if i.name == contract.INPUT_IMAGES:
+            for d, v in zip(i.type.tensor_type.shape.dim, (1, 3, side, side)):
+                d.dim_value = v
+    inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    shapes = {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim
+        ]
+        for v in inferred.graph.value_info
+    }
+    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    macs: dict[int, float] = {}
+    for name, nodes in groups.items():
+        rois = proposals if name == BOX else detections
+        for i in nodes:
+            node = model.graph.node[i]
+            if node.op_type not in MATMUL_OPS or node.input[1] not in weights:
+                continue
+            w = weights[node.input[1]]
+            shape = shapes.get(node.input[0] if node.op_type == "ConvTranspose" else node.output[0])
+            if not shape:
+                macs[i] = 0.0
+                continue
+            shape = [rois if (k == 0 and d == 0) else d for k, d in enumerate(shape)]
+            macs[i] = float(np.prod(shape)) * _fan_in(node, w)
+    return macs
+
+
+def _fan_in(node: onnx.NodeProto, w: tuple[int, ...]) -> float:
+    """MACs per element of the counted tensor: the output's (Conv, Gemm, MatMul) or, for
+    ConvTranspose, the input's (weight [Cin, Cout/group, kH, kW])."""
+    if node.op_type in ("Conv", "ConvTranspose"):  # Conv weight [Cout, Cin/group, kH, kW]
+        n = 1
+        for d in w[1:]:
+            n *= d
+        return float(n)
+    trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+    return float(w[1] if node.op_type == "Gemm" and trans_b else w[0])  # K of [K, M] / [M, K]
+
+
 def group_precisions(meta: dict[str, str]) -> dict[str, str]:
     """Group -> ``int8``/``fp16`` from a graph's metadata; empty when it records none (a graph
     made without ``--fp16-groups``: every group is of the graph's precision)."""

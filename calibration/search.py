@@ -75,6 +75,8 @@ class SearchReport:
     all_int8: dict[str, PairedDelta]
     trials: list[Trial]
     seconds: float
+    int8_mac_share: float = 0.0  # of the matrix layers' MACs (square input at min_size)
+    all_int8_mac_share: float = 0.0  # the same without FP16 groups (prediction layers are FP32)
 
     @property
     def met(self) -> bool:
@@ -99,8 +101,9 @@ class SearchReport:
         verdict = "within" if self.met else "NOT within"
         lines.append(
             f"budget {self.max_ap_drop:g} AP points: {verdict}; FP16 groups: "
-            f"{', '.join(self.fp16_groups) or 'none'} ({len(self.trials)} trials, "
-            f"{self.seconds:.0f} s)"
+            f"{', '.join(self.fp16_groups) or 'none'}; {100 * self.int8_mac_share:.1f} % of the "
+            f"matrix MACs in INT8 (all-INT8 graph {100 * self.all_int8_mac_share:.1f} %); "
+            f"{len(self.trials)} trials, {self.seconds:.0f} s"
         )
         return "\n".join(lines)
 
@@ -174,6 +177,28 @@ def _point_delta(cand: Mapping[str, PerImageEval], ref: Mapping[str, PerImageEva
     return {t: 100.0 * (pooled_ap(cand[t], every) - pooled_ap(ref[t], every)) for t in ref}
 
 
+def _int8_mac_share(
+    model: Any, regions: Any, groups: dict[str, set[int]], fp16: Sequence[str], spec: Any
+) -> float:
+    """The share of the groups' matrix-layer MACs that run in INT8 with ``fp16`` in FP16."""
+    from maskrt.contract import round_to_divisible
+
+    from .groups import matrix_macs
+    from .regions import int8_nodes
+
+    macs = matrix_macs(
+        model, groups, round_to_divisible(spec.min_size), spec.rpn_post_nms_top_n_test,
+        spec.box_detections_per_img,
+    )  # fmt: skip
+    kept = {i for g in fp16 for i in groups[g]}
+    quantized = set(int8_nodes(model, regions))
+    int8 = sum(
+        v for i, v in macs.items() if model.graph.node[i].name in quantized and i not in kept
+    )
+    total = sum(macs.values())
+    return int8 / total if total else 0.0
+
+
 def search_fp16_groups(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -219,7 +244,9 @@ def search_fp16_groups(
     iou_types = iou_types_for(spec.has_masks, spec.has_keypoints)
     fold_identity_constants(model)
     name_nodes(model)
-    names = list(find_groups(model, find_regions(model)))
+    regions = find_regions(model)
+    groups = find_groups(model, regions)
+    names = list(groups)
 
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="maskrt-search-") as tmp:
@@ -277,6 +304,7 @@ def search_fp16_groups(
             _evals(coco_gt, all_int8_dets, report, iou_types), ref_report, resamples=resamples
         )
         bar.close()
+    int8_share = _int8_mac_share(model, regions, groups, chosen, spec)
     result = SearchReport(
         graph=str(dst),
         max_ap_drop=max_ap_drop,
@@ -289,6 +317,8 @@ def search_fp16_groups(
         all_int8=all_int8,
         trials=trials,
         seconds=time.perf_counter() - start,
+        int8_mac_share=int8_share,
+        all_int8_mac_share=_int8_mac_share(model, regions, groups, [], spec),
     )
     atomic_write_text(report_path(dst), json.dumps(result.to_dict(), indent=1))
     return result

@@ -26,7 +26,7 @@ from onnx import TensorProto, numpy_helper
 
 from maskrt import contract
 from maskrt.calibration.fp16 import calibrate_fp16
-from maskrt.calibration.groups import find_groups, parse_group_names
+from maskrt.calibration.groups import find_groups, matrix_macs, parse_group_names
 from maskrt.calibration.int8 import quantize_to_int8
 from maskrt.calibration.regions import (
     find_regions,
@@ -80,6 +80,37 @@ def _stage_conv_counts() -> list[int]:
     return counts
 
 
+def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def _torch_conv_macs(side: int) -> dict[str, float]:
+    """MACs of the demo model's trunk and FPN convolutions on a side x side input, counted by
+    forward hooks on torchvision's modules."""
+    import torch
+
+    from maskrt.specs import build_model, demo_spec
+
+    torch.manual_seed(0)
+    backbone = build_model(demo_spec()).eval().backbone
+    counts = {"backbone": 0.0, "fpn": 0.0}
+
+    def hook(key: str):  # noqa: ANN202 - a torch hook
+        def count(m: torch.nn.Conv2d, _: object, out: torch.Tensor) -> None:
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            counts[key] += float(out.numel() * k)
+
+        return count
+
+    for key, part in (("backbone", backbone.body), ("fpn", backbone.fpn)):
+        for m in part.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_hook(hook(key))
+    with torch.no_grad():
+        backbone(torch.zeros(1, 3, side, side))
+    return counts
+
+
 def test_groups_match_the_torchvision_modules(random_demo_deploy_graph: Path) -> None:
     model = _prepared(random_demo_deploy_graph)
     groups = find_groups(model, find_regions(model))
@@ -99,6 +130,17 @@ def test_groups_match_the_torchvision_modules(random_demo_deploy_graph: Path) ->
     assert (convs["fpn"], convs["rpn"], convs["box"], convs["mask"]) == (6, 12, 4, 4)
     everything = [i for nodes in groups.values() for i in nodes]
     assert len(everything) == len(set(everything))  # disjoint
+
+    # MACs of the trunk and FPN at 128 x 128 against the torchvision modules' own convolutions
+    macs = matrix_macs(model, groups, 128, proposals=10, detections=5)
+    want = _torch_conv_macs(128)
+    for name, modules in (("backbone", stages), ("fpn", ["fpn"])):
+        got = sum(macs[i] for s in modules for i in groups[s] if i in macs)
+        assert got == want[name], name
+    # box head: fc6 and fc7 and the two predictors, on 10 proposals
+    fc = [g.node[i] for i in groups["box"] if g.node[i].op_type == "Gemm"]
+    per_roi = sum(numpy_helper.to_array(_init(model, n.input[1])).size for n in fc)
+    assert sum(macs[i] for i in groups["box"] if i in macs) == 10 * per_roi
 
     assert parse_group_names("box, backbone", groups) == ["box", *stages]
     with pytest.raises(MaskrtError, match="no group 'keypoint'.*box, mask"):

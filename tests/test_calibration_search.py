@@ -126,6 +126,7 @@ def test_a_group_made_sensitive_is_found_and_kept_fp16(
     for d in report["final"].values():
         assert d["low"] <= d["delta"] <= d["high"]
     assert (report["choice_images"], report["report_images"]) == (20, 20)
+    assert 0.0 < report["int8_mac_share"] < report["all_int8_mac_share"] < 1.0
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta[contract.META_PRECISION_GROUPS])["box"] == "fp16"
 
