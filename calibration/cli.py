@@ -3,6 +3,8 @@ with the pipeline verbs that calibrate INT8 (convert, validate)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from maskrt.cliargs import calib_data_option, calib_images_option, force_option, output_option
@@ -29,6 +31,11 @@ fp16_groups_option = click.option(
 )
 
 
+def max_ap_drop_option(help_text: str) -> Any:
+    """``--max-ap-drop D`` (AP points): the INT8 budget of calibrate (search), validate (gate)."""
+    return click.option("--max-ap-drop", type=float, default=None, metavar="D", help=help_text)
+
+
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
@@ -42,14 +49,10 @@ fp16_groups_option = click.option(
     "--cache", type=click.Path(dir_okay=False), default=None, help="INT8: calibration cache JSON."
 )
 @fp16_groups_option
-@click.option(
-    "--max-ap-drop",
-    type=float,
-    default=None,
-    metavar="D",
-    help="INT8: keep the fewest groups in FP16 so that the AP drop against the FP32 graph is "
+@max_ap_drop_option(
+    "INT8: keep the fewest groups in FP16 so that the AP drop against the FP32 graph is "
     "within D AP points (bbox and segm), measured on --eval-data; writes MODEL.search.json "
-    "beside the output.",
+    "beside the output."
 )
 @click.option(
     "--eval-data",

@@ -419,7 +419,12 @@ def quantize_to_int8(
         # ranges for every group's tensors (above), Q/DQ for the INT8 groups': one cache
         # serves every choice of groups
         chosen = nodes if plan is None else [n for n in nodes if n not in plan.fp16_nodes]
-        quantized = quantize_with_ranges(named, ranges, chosen, method)
+        # every group FP16: nothing to quantize (ORT would read an empty list as "all nodes")
+        if chosen or plan is None:
+            quantized = quantize_with_ranges(named, ranges, chosen, method)
+        else:
+            quantized = onnx.ModelProto()
+            quantized.CopyFrom(model)
     keep_fp32_readers(quantized, set(chosen))
     if plan is not None:
         quantized = convert_nodes_to_fp16(quantized, plan.fp16_nodes)

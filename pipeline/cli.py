@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from maskrt.calibration.cli import fp16_groups_option, method_option
+from maskrt.calibration.cli import fp16_groups_option, max_ap_drop_option, method_option
 from maskrt.cliargs import (
     AliasedOption,
     arch_option,
@@ -104,13 +104,9 @@ def convert_command(
 @calib_images_option
 @method_option
 @fp16_groups_option
-@click.option(
-    "--max-ap-drop",
-    type=float,
-    default=None,
-    metavar="D",
-    help="Gate INT8 rows on their AP drop alone: fail when AP falls by more than D points "
-    "(the budget given to `maskrt calibrate --max-ap-drop`); replaces --tolerance int8=.",
+@max_ap_drop_option(
+    "Gate INT8 rows on their AP drop alone: fail when AP falls by more than D points "
+    "(the budget given to `maskrt calibrate --max-ap-drop`); replaces --tolerance int8=."
 )
 @limit_option
 @model_factory_options

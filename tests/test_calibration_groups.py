@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from types import ModuleType
 import numpy as np
 import onnx
 import pytest
-from _calibration_graphs import elem_types, producers, run_ort
+from _calibration_graphs import copy_images, elem_types, producers, run_ort
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 
@@ -173,18 +172,11 @@ def _base_calibration(tmp: Path) -> ModuleType:
         sys.path.remove(str(tmp))
 
 
-def _calib_images(shapes_dataset: Path, dst: Path, n: int = 2) -> Path:
-    dst.mkdir()
-    for p in sorted((shapes_dataset / "train").glob("*.png"))[:n]:
-        shutil.copy(p, dst / p.name)
-    return dst
-
-
 @pytest.mark.slow
 def test_without_groups_the_int8_graph_is_byte_identical_to_the_base(
     random_demo_deploy_graph: Path, shapes_dataset: Path, tmp_path: Path
 ) -> None:
-    images = _calib_images(shapes_dataset, tmp_path / "calib")
+    images = copy_images(shapes_dataset / "train", tmp_path / "calib", 2)
     base = _base_calibration(tmp_path / "base")
     old, new = tmp_path / "old.int8.onnx", tmp_path / "new.int8.onnx"
     base.quantize_to_int8(random_demo_deploy_graph, old, images, method="minmax")
@@ -207,7 +199,9 @@ def _check_mixed(model: onnx.ModelProto, fp16: set[str], fp32_graph: Path) -> No
     assert meta[contract.META_PRECISION] == "int8"
     precisions = json.loads(meta[contract.META_PRECISION_GROUPS])
     assert {g for g, p in precisions.items() if p == "fp16"} == fp16
-    assert set(precisions.values()) == {"int8", "fp16"}
+    assert set(precisions.values()) == {"int8", "fp16"} - (
+        {"int8"} if fp16 == set(precisions) else set()
+    )
     types = elem_types(model)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     prod = producers(model)
@@ -252,7 +246,7 @@ def _check_mixed(model: onnx.ModelProto, fp16: set[str], fp32_graph: Path) -> No
 def test_fp16_groups_have_no_qdq_and_meet_int8_through_casts(
     random_demo_deploy_graph: Path, shapes_dataset: Path, tmp_path: Path
 ) -> None:
-    images = _calib_images(shapes_dataset, tmp_path / "calib")
+    images = copy_images(shapes_dataset / "train", tmp_path / "calib", 2)
     cache = tmp_path / "calib.json"
     fp32 = _prepared(random_demo_deploy_graph)
     groups = find_groups(fp32, find_regions(fp32))
@@ -296,6 +290,14 @@ def test_fp16_groups_have_no_qdq_and_meet_int8_through_casts(
                     for t in by_name[names[i]].input
                     if t in prod
                 ), group
+
+    # every group FP16: no Q/DQ at all (an empty node list must not mean "quantize everything")
+    out = tmp_path / "all.onnx"
+    quantize_to_int8(random_demo_deploy_graph, out, images, method="minmax", cache=cache,
+                     fp16_groups=list(groups))  # fmt: skip
+    model = onnx.load(str(out))
+    assert not any(n.op_type in QDQ for n in model.graph.node)
+    _check_mixed(model, set(groups), random_demo_deploy_graph)
 
     r = runner.invoke(main, ["calibrate", str(random_demo_deploy_graph), "--precision", "int8",
                              "--calib-data", str(images), "--fp16-groups", "neck",

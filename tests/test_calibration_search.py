@@ -100,14 +100,19 @@ def _calibrate(args: list[str]) -> str:
     return r.output
 
 
+def _plain_int8(graph: Path, calib: str, tmp_path: Path) -> tuple[Path, Path]:
+    """(calibration cache, plain INT8 graph): MinMax on the held-out calibration images."""
+    cache, plain = tmp_path / "calib.json", tmp_path / "plain.int8.onnx"
+    quantize_to_int8(graph, plain, calib, method="minmax", cache=cache)
+    return cache, plain
+
+
 @pytest.mark.slow
 def test_a_group_made_sensitive_is_found_and_kept_fp16(
     shipped_graph: Path, heldout_dataset: Path, tmp_path: Path
 ) -> None:
-    cache = tmp_path / "calib.json"
-    plain = tmp_path / "plain.int8.onnx"
     calib = str(heldout_dataset / "train")
-    quantize_to_int8(shipped_graph, plain, calib, method="minmax", cache=cache)
+    cache, _ = _plain_int8(shipped_graph, calib, tmp_path)
     assert _spoil(shipped_graph, cache, "box", 0.02) >= 2  # fc6 and fc7 inputs clip hard
 
     out = tmp_path / "searched.onnx"
@@ -135,10 +140,8 @@ def test_a_group_made_sensitive_is_found_and_kept_fp16(
 def test_a_budget_above_the_drop_keeps_every_group_int8(
     shipped_graph: Path, heldout_dataset: Path, tmp_path: Path
 ) -> None:
-    cache = tmp_path / "calib.json"
-    plain = tmp_path / "plain.int8.onnx"
     calib = str(heldout_dataset / "train")
-    quantize_to_int8(shipped_graph, plain, calib, method="minmax", cache=cache)
+    cache, plain = _plain_int8(shipped_graph, calib, tmp_path)
     out = tmp_path / "searched.onnx"
     _calibrate([str(shipped_graph), "--precision", "int8", "--calib-data", calib, "--method",
                 "minmax", "--cache", str(cache), "--max-ap-drop", "50", "--eval-data",
