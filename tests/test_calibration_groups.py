@@ -305,4 +305,4 @@ def test_fp16_groups_have_no_qdq_and_meet_int8_through_casts(
     assert r.exit_code == 1 and "no group 'neck'" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, ["calibrate", str(random_demo_deploy_graph), "--precision", "fp16",
                              "--fp16-groups", "box", "-o", str(tmp_path / "y.onnx")])  # fmt: skip
-    assert r.exit_code == 1 and "--fp16-groups apply to --precision int8" in r.output
+    assert r.exit_code == 1 and "apply to --precision int8 only" in r.output
