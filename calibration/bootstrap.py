@@ -62,7 +62,7 @@ def pooled_ap(ev: PerImageEval, positions: Sequence[int] | np.ndarray) -> float:
     (repeats count again), as ``COCOeval.accumulate`` + ``summarize`` compute it."""
     per_category = []
     for cat in ev.entries:
-        chosen = [cat[i] for i in positions if cat[i] is not None]
+        chosen = [e for e in (cat[i] for i in positions) if e is not None]
         if not chosen:
             continue
         gt_ignore = np.concatenate([e["gtIgnore"] for e in chosen]).astype(bool)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,7 +271,7 @@ def _convert(
     return converted
 
 
-def convert_nodes_to_fp16(model: onnx.ModelProto, fp16_names: set[str]) -> onnx.ModelProto:
+def convert_nodes_to_fp16(model: onnx.ModelProto, fp16_names: AbstractSet[str]) -> onnx.ModelProto:
     """A new graph in which the nodes named ``fp16_names`` (and the Constants only they read)
     compute in FP16 and every other node keeps its types: the FP16 groups of an INT8 graph.
     FP32 Q/DQ nodes stay FP32; Casts mark every FP16/FP32 border; graph I/O keeps its types."""
