@@ -3,6 +3,8 @@ with the pipeline verbs that calibrate INT8 (convert, validate)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from maskrt.cliargs import calib_data_option, calib_images_option, force_option, output_option
@@ -19,6 +21,20 @@ method_option = click.option(
     help="INT8: how activation ranges are chosen (minmax, percentile, entropy/KL).",
 )
 
+# Shared by calibrate and validate.
+fp16_groups_option = click.option(
+    "--fp16-groups",
+    default=None,
+    metavar="G,...",
+    help="INT8: keep these groups out of INT8, in FP16 (backbone1.., backbone, fpn, rpn, box, "
+    "mask, keypoint; found from the graph's structure).",
+)
+
+
+def max_ap_drop_option(help_text: str) -> Any:
+    """``--max-ap-drop D`` (AP points): the INT8 budget of calibrate (search), validate (gate)."""
+    return click.option("--max-ap-drop", type=float, default=None, metavar="D", help=help_text)
+
 
 @click.command("calibrate")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -31,6 +47,26 @@ method_option = click.option(
 @calib_images_option
 @click.option(
     "--cache", type=click.Path(dir_okay=False), default=None, help="INT8: calibration cache JSON."
+)
+@fp16_groups_option
+@max_ap_drop_option(
+    "INT8: keep the fewest groups in FP16 so that the AP drop against the FP32 graph is "
+    "within D AP points (bbox and segm), measured on --eval-data; writes MODEL.search.json "
+    "beside the output."
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --max-ap-drop: dataset root whose val/ split (COCO format) is evaluated, half "
+    "to choose the groups, half to report.",
+)
+@click.option(
+    "--eval-images",
+    type=click.IntRange(min=4),
+    default=200,
+    show_default=True,
+    help="With --max-ap-drop: how many val images to evaluate.",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
@@ -47,6 +83,10 @@ def calibrate_command(
     method: str,
     calib_images: int,
     cache: str | None,
+    fp16_groups: str | None,
+    max_ap_drop: float | None,
+    eval_data: str | None,
+    eval_images: int,
     keep_io_types: bool,
     force: bool,
 ) -> None:
@@ -56,14 +96,34 @@ def calibrate_command(
 
     check_writable(output, force)  # fail before the slow part
     if precision == "fp16":
-        if calib_data or cache:
-            raise MaskrtError("--calib-data and --cache apply to --precision int8 only")
+        if calib_data or cache or fp16_groups or max_ap_drop is not None or eval_data:
+            raise MaskrtError(
+                "--calib-data, --cache, --fp16-groups, --max-ap-drop and --eval-data apply to "
+                "--precision int8 only"
+            )
         from .fp16 import calibrate_fp16
 
         click.echo(str(calibrate_fp16(model, output, keep_io_types=keep_io_types, force=force)))
         return
     if not calib_data:
         raise MaskrtError("--precision int8 needs calibration images: pass --calib-data DIR")
+    if max_ap_drop is not None:
+        if fp16_groups:
+            raise MaskrtError("give either --fp16-groups or --max-ap-drop, not both")
+        if not eval_data:
+            raise MaskrtError("--max-ap-drop needs annotated images: pass --eval-data DIR")
+        from .search import report_path, search_fp16_groups
+
+        report = search_fp16_groups(
+            model, output, list(calib_data), eval_data, max_ap_drop, method=method,
+            max_images=calib_images, eval_images=eval_images, cache=cache, force=force,
+            show_progress=True,
+        )  # fmt: skip
+        click.echo(report.table())
+        click.echo(f"wrote {output} and {report_path(output)}")
+        return
+    if eval_data:
+        raise MaskrtError("--eval-data applies to --max-ap-drop only")
     from .int8 import quantize_to_int8
 
     summary = quantize_to_int8(
@@ -75,5 +135,6 @@ def calibrate_command(
         cache=cache,
         force=force,
         show_progress=True,
+        fp16_groups=fp16_groups or (),
     )
     click.echo(str(summary))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from .graphs import (
     set_precision,
     toposort,
 )
-from .regions import Regions, consumers, find_regions, float_tensors, is_unit, name_nodes
+from .regions import consumers, find_regions, float_tensors, is_unit, name_nodes
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Fp16Summary:
         )
 
 
-def _split_shared_constants(model: onnx.ModelProto, regions: Regions, blocked: set[str]) -> None:
+def _split_shared_constants(model: onnx.ModelProto, blocked: set[str]) -> None:
     """Give FP32 nodes their own copy of float initializers that FP16 nodes also read."""
     g = model.graph
     users = consumers(model)
@@ -73,16 +74,16 @@ def _split_shared_constants(model: onnx.ModelProto, regions: Regions, blocked: s
                     node.input[k] = copy.name
 
 
-def _blocked_nodes(model: onnx.ModelProto, regions: Regions) -> set[str]:
-    """Names of the nodes that stay FP32: all but the feature region and the Constants that
-    only the feature region reads (those convert in place)."""
+def _blocked_nodes(model: onnx.ModelProto, fp16_nodes: set[int]) -> set[str]:
+    """Names of the nodes that stay FP32: all but ``fp16_nodes`` (indices) and the Constants that
+    only those read (they convert in place)."""
     g = model.graph
     users = consumers(model)
-    keep = {g.node[i].name for i in regions.feature_nodes}
+    keep = {g.node[i].name for i in fp16_nodes}
     for node in g.node:
         if node.op_type == "Constant":
             readers = users.get(node.output[0], [])
-            if readers and all(i in regions.feature_nodes for i in readers):
+            if readers and all(i in fp16_nodes for i in readers):
                 keep.add(node.name)
     return {n.name for n in g.node if n.name not in keep}
 
@@ -171,14 +172,20 @@ def _patch_unit_function(model: onnx.ModelProto, unit: onnx.NodeProto) -> None:
     # A plugin node (after surgery) has no function: its implementation takes FP16 as declared.
 
 
-def retype_units(model: onnx.ModelProto) -> None:
+def retype_units(model: onnx.ModelProto, fp16_both_sides: bool = False) -> None:
     """RoIAlign units were blocked (kept FP32) by the converter; give them their FP16 features
-    directly and let them produce FP16, keeping only the RoIs (last input) FP32."""
+    directly and let them produce FP16, keeping only the RoIs (last input) FP32.
+
+    With ``fp16_both_sides`` (a graph of mixed precision) only units whose levels all arrive as
+    FP16 and whose one reader wants FP16 are retyped; the others stay FP32 behind the Casts, so
+    a unit always sees one type on all its levels and gives its reader the type it reads."""
     g = model.graph
     types = _elem_types(model)
     producer = {o: n for n in g.node for o in n.output}
     users = consumers(model)
     for unit in [n for n in g.node if is_unit(n)]:
+        if fp16_both_sides and not _fp16_on_both_sides(unit, producer, users, types, g):
+            continue
         for k in range(len(unit.input) - 1):
             up = producer.get(unit.input[k])
             if up is not None and _cast_to(up) == TensorProto.FLOAT:
@@ -192,6 +199,24 @@ def retype_units(model: onnx.ModelProto) -> None:
                 cast.input[0] = ""  # now dead: its output has a new producer
                 cast.output[0] = f"{cast.output[0]}__dead"
         _patch_unit_function(model, unit)
+
+
+def _fp16_on_both_sides(
+    unit: onnx.NodeProto,
+    producer: dict[str, onnx.NodeProto],
+    users: dict[str, list[int]],
+    types: dict[str, int],
+    g: onnx.GraphProto,
+) -> bool:
+    """The unit's levels all come through FP16 -> FP32 Casts and its one reader casts to FP16."""
+    for t in unit.input[:-1]:
+        up = producer.get(t)
+        if up is None or _cast_to(up) != TensorProto.FLOAT:
+            return False
+        if types.get(up.input[0]) != TensorProto.FLOAT16:
+            return False
+    readers = users.get(unit.output[0], [])
+    return len(readers) == 1 and _cast_to(g.node[readers[0]]) == TensorProto.FLOAT16
 
 
 def convert_to_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelProto:
@@ -208,16 +233,29 @@ def convert_with_summary(
     NMS inputs and the RoIs stay FP32. With ``keep_io_types`` the graph I/O stays FP32 (the
     deploy contract's types).
     """
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     check_precision(model, "fp32")
     work = onnx.ModelProto()
     work.CopyFrom(model)
     name_nodes(work)
     regions = find_regions(work, float_tensors(work))
-    blocked = _blocked_nodes(work, regions)
-    _split_shared_constants(work, regions, blocked)
+    blocked = _blocked_nodes(work, regions.feature_nodes)
     fp16_count = len(work.graph.node) - len(blocked)
+    converted = _convert(work, blocked, keep_io_types, mixed=False)
+    set_precision(converted, "fp16")
+    casts = sum(1 for n in converted.graph.node if n.op_type == "Cast") - sum(
+        1 for n in model.graph.node if n.op_type == "Cast"
+    )
+    return converted, Fp16Summary(None, fp16_count, len(blocked), casts)
+
+
+def _convert(
+    work: onnx.ModelProto, blocked: set[str], keep_io_types: bool, mixed: bool
+) -> onnx.ModelProto:
+    """ORT's converter with the ``blocked`` nodes FP32, then the repairs of the module docstring
+    (``work`` gets the FP32 copies of shared weights)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    _split_shared_constants(work, blocked)
     converted = convert_float_to_float16(
         work,
         keep_io_types=keep_io_types,
@@ -226,15 +264,21 @@ def convert_with_summary(
         disable_shape_infer=False,
     )
     collapse_cast_pairs(converted)
-    retype_units(converted)
+    retype_units(converted, fp16_both_sides=mixed)
     remove_dead_nodes(converted)
     toposort(converted.graph)
     del converted.graph.value_info[:]  # stale after the rewiring; inference recomputes them
-    set_precision(converted, "fp16")
-    casts = sum(1 for n in converted.graph.node if n.op_type == "Cast") - sum(
-        1 for n in model.graph.node if n.op_type == "Cast"
-    )
-    return converted, Fp16Summary(None, fp16_count, len(blocked), casts)
+    return converted
+
+
+def convert_nodes_to_fp16(model: onnx.ModelProto, fp16_names: AbstractSet[str]) -> onnx.ModelProto:
+    """A new graph in which the nodes named ``fp16_names`` (and the Constants only they read)
+    compute in FP16 and every other node keeps its types: the FP16 groups of an INT8 graph.
+    FP32 Q/DQ nodes stay FP32; Casts mark every FP16/FP32 border; graph I/O keeps its types."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    fp16 = {i for i, n in enumerate(work.graph.node) if n.name in fp16_names}
+    return _convert(work, _blocked_nodes(work, fp16), keep_io_types=True, mixed=True)
 
 
 def calibrate_fp16(

@@ -42,18 +42,21 @@ import onnx
 from maskrt import contract
 from maskrt.errors import MaskrtError
 from maskrt.fileio import sha256_file
-from maskrt.onnxio import load_onnx, metadata, save_onnx, spec_from_metadata
+from maskrt.onnxio import load_onnx, metadata, save_onnx, set_metadata, spec_from_metadata
 from maskrt.specs import ModelSpec
 
 from .cache import CacheKey, read_cache, write_cache
+from .fp16 import convert_nodes_to_fp16
 from .graphs import (
     check_precision,
     remove_dead_nodes,
     set_precision,
 )
+from .groups import find_groups, parse_group_names
 from .methods import METHODS
 from .regions import (
     MATMUL_OPS,
+    Regions,
     find_regions,
     float_tensors,
     fold_identity_constants,
@@ -93,12 +96,15 @@ class Int8Summary:
     skipped: int
     quantized_nodes: int
     cache_note: str  # "calibrated", "cache hit", or why the cache was not used
+    fp16_groups: tuple[str, ...] = ()  # groups kept out of INT8, in FP16
 
     def __str__(self) -> str:
         where = f"wrote {self.path}: " if self.path else ""
+        fp16 = f"; FP16 groups: {', '.join(self.fp16_groups)}" if self.fp16_groups else ""
         return (
             f"{where}{self.quantized_nodes} INT8 Q/DQ pairs, {self.method} calibration on "
             f"{self.num_images} images ({self.skipped} unreadable skipped); {self.cache_note}"
+            f"{fp16}"
         )
 
 
@@ -331,6 +337,28 @@ def _restore(quantized: onnx.ModelProto, original: onnx.ModelProto) -> None:
     quantized.metadata_props.extend(original.metadata_props)
 
 
+@dataclass(frozen=True)
+class GroupPlan:
+    """Which group computes in which precision: ``precisions`` group -> ``int8``/``fp16``
+    (graph order), ``fp16_nodes`` the names of the FP16 groups' nodes."""
+
+    precisions: dict[str, str]
+    fp16_nodes: frozenset[str]
+
+    def metadata(self) -> str:
+        return json.dumps(self.precisions)
+
+
+def plan_groups(
+    model: onnx.ModelProto, regions: Regions, fp16_groups: str | Sequence[str]
+) -> GroupPlan:
+    """The groups of ``model`` (named nodes) with ``fp16_groups`` in FP16, the rest INT8."""
+    groups = find_groups(model, regions)
+    fp16 = parse_group_names(fp16_groups, groups)
+    names = frozenset(model.graph.node[i].name for g in fp16 for i in groups[g])
+    return GroupPlan({g: "fp16" if g in fp16 else "int8" for g in groups}, names)
+
+
 def quantize_to_int8(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -340,10 +368,15 @@ def quantize_to_int8(
     cache: str | os.PathLike[str] | None = None,
     force: bool = False,
     show_progress: bool = False,
+    fp16_groups: str | Sequence[str] = (),
 ) -> Int8Summary:
     """Calibrate the FP32 deploy graph ``src`` on the images of ``data`` and write the INT8 Q/DQ
     graph to ``dst``. ``cache`` (a JSON file) is reused when it matches the model, the images and
-    the method, and rewritten otherwise."""
+    the method, and rewritten otherwise.
+
+    ``fp16_groups`` (names of :func:`~maskrt.calibration.groups.find_groups`, or ``"box,mask"``)
+    stay out of INT8 and compute in FP16; the metadata then records every group's precision.
+    Without it the graph is exactly the all-INT8 graph."""
     from maskrt.fileio import check_writable
 
     _method(method)
@@ -351,13 +384,14 @@ def quantize_to_int8(
     model = load_onnx(src, deploy_graph=True)
     check_precision(model, "fp32")
     spec = spec_from_metadata(metadata(model), str(src))
-    images = find_calibration_images(data, max_images, show_progress)
 
     fold_identity_constants(model)
     name_nodes(model)
     regions = find_regions(model, float_tensors(model))
     nodes = int8_nodes(model, regions)
     heads = roi_head_tensors(model, regions)
+    plan = plan_groups(model, regions, fp16_groups) if fp16_groups else None
+    images = find_calibration_images(data, max_images, show_progress)
     with tempfile.TemporaryDirectory(prefix="maskrt-int8-") as tmp:
         named = Path(tmp) / "fp32.onnx"
         save_onnx(model, named)
@@ -382,10 +416,25 @@ def quantize_to_int8(
                 note = "calibrated"
         else:
             note = f"ranges from cache {cache}"
-        quantized = quantize_with_ranges(named, ranges, nodes, method)
-    keep_fp32_readers(quantized, set(nodes))
+        # ranges for every group's tensors (above), Q/DQ for the INT8 groups': one cache
+        # serves every choice of groups
+        chosen = nodes if plan is None else [n for n in nodes if n not in plan.fp16_nodes]
+        # every group FP16: nothing to quantize (ORT would read an empty list as "all nodes")
+        if chosen or plan is None:
+            quantized = quantize_with_ranges(named, ranges, chosen, method)
+        else:
+            quantized = onnx.ModelProto()
+            quantized.CopyFrom(model)
+    keep_fp32_readers(quantized, set(chosen))
+    if plan is not None:
+        quantized = convert_nodes_to_fp16(quantized, plan.fp16_nodes)
     _restore(quantized, model)
     set_precision(quantized, "int8")
+    if plan is not None:
+        set_metadata(quantized, **{contract.META_PRECISION_GROUPS: plan.metadata()})
     save_onnx(quantized, dst, force=True)  # dst was checked above
     q_nodes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
-    return Int8Summary(Path(dst), method, len(images.paths), len(images.skipped), q_nodes, note)
+    fp16 = () if plan is None else tuple(g for g, p in plan.precisions.items() if p == "fp16")
+    return Int8Summary(
+        Path(dst), method, len(images.paths), len(images.skipped), q_nodes, note, fp16
+    )

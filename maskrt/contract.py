@@ -65,6 +65,9 @@ META_CONTRACT_VERSION = "maskrt.contract_version"
 META_MODEL_SPEC = "maskrt.model_spec"  # ModelSpec.to_json()
 META_PRECISION = "maskrt.precision"  # one of PRECISIONS
 PRECISIONS = ("fp32", "fp16", "int8")
+# INT8 graphs with groups kept in FP16 (`calibrate --fp16-groups`): JSON {group: "int8"|"fp16"}
+# in graph order; absent when every group is INT8 (the graph is then the plain INT8 graph).
+META_PRECISION_GROUPS = "maskrt.precision_groups"
 META_SURGERED = "maskrt.surgered"  # "1" once RoIAlign units are plugin nodes
 # "1" when exported with compact heads (data-dependent shapes inside: for ONNX Runtime, not for
 # TensorRT); absent in graphs exported before the key existed.

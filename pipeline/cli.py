@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from maskrt.calibration.cli import method_option
+from maskrt.calibration.cli import fp16_groups_option, max_ap_drop_option, method_option
 from maskrt.cliargs import (
     AliasedOption,
     arch_option,
@@ -103,6 +103,11 @@ def convert_command(
 )
 @calib_images_option
 @method_option
+@fp16_groups_option
+@max_ap_drop_option(
+    "Gate INT8 rows on their AP drop alone: fail when AP falls by more than D points "
+    "(the budget given to `maskrt calibrate --max-ap-drop`); replaces --tolerance int8=."
+)
 @limit_option
 @model_factory_options
 def validate_command(
@@ -112,6 +117,8 @@ def validate_command(
     tolerance: str | None,
     calib_images: int,
     method: str,
+    fp16_groups: str | None,
+    max_ap_drop: float | None,
     limit: int | None,
     model_factory: str | None,
     factory_args: tuple[str, ...],
@@ -133,6 +140,8 @@ def validate_command(
             limit=limit,
             method=method,
             show_progress=True,
+            fp16_groups=fp16_groups,
+            max_ap_drop=max_ap_drop,
             **factory_kwargs(model_factory, factory_args),
         )
         click.echo(report.markdown())

@@ -81,8 +81,10 @@ def precision_step(
     calib_images: int,
     cache: Path | None,
     show_progress: bool,
+    fp16_groups: str | None = None,
 ) -> None:
-    """Write the ``precision`` version of the FP32 deploy graph ``fp32`` to ``dst``."""
+    """Write the ``precision`` version of the FP32 deploy graph ``fp32`` to ``dst``
+    (``fp16_groups``: INT8 only, the groups kept in FP16)."""
     from maskrt.calibration import calibrate_fp16, quantize_to_int8
 
     if precision == "fp16":
@@ -92,7 +94,7 @@ def precision_step(
             raise MaskrtError("INT8 needs calibration images: pass --calib-data DIR")
         quantize_to_int8(
             fp32, dst, calib_data, method=method, max_images=calib_images, cache=cache,
-            force=True, show_progress=show_progress,
+            force=True, show_progress=show_progress, fp16_groups=fp16_groups or (),
         )  # fmt: skip
     elif precision != "fp32":
         raise MaskrtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")

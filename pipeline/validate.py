@@ -12,7 +12,9 @@ COCO-format set and compares it with PyTorch FP32, the reference:
   detections come and go with any rounding, confident ones should not,
 * mean latency per image (one image per call, after one warm-up call).
 
-A row fails when ``|delta AP|`` of any IoU type exceeds its precision's tolerance. AP is a
+A row fails when ``|delta AP|`` of any IoU type exceeds its precision's tolerance; with
+``max_ap_drop`` D (``--max-ap-drop``, the budget of ``maskrt calibrate --max-ap-drop``) an INT8
+row fails only when AP drops by more than D (a gain is no failure). AP is a
 statistic of the evaluated images: on a few dozen it is noise-dominated, so gate on a hundred or
 more (measured in calibration/README.md, "How many calibration images, and how many to evaluate
 on").
@@ -57,12 +59,20 @@ class Row:
     matched_confident: float | None = None
     latency_ms: float | None = None
     tolerance: float | None = None
+    drop_only: bool = False  # the tolerance bounds AP drops only (INT8 with --max-ap-drop)
     passed: bool | None = None  # None: reference row or skipped
     note: str = ""
+    groups: dict[str, str] = field(default_factory=dict)  # INT8 graph: group -> int8 | fp16
 
     @property
     def skipped(self) -> bool:
         return not self.ap
+
+    def gate(self) -> bool:
+        """Whether every ΔAP is within the tolerance (only drops count with ``drop_only``)."""
+        return not any(
+            _exceeds(d, self.tolerance or 0.0, self.drop_only) for d in self.delta.values()
+        )
 
 
 @dataclass
@@ -80,10 +90,11 @@ class ValidationReport:
                 over = [
                     f"{t} {r.delta[t]:+.2f}"
                     for t in r.delta
-                    if abs(r.delta[t]) > (r.tolerance or 0)
+                    if _exceeds(r.delta[t], r.tolerance or 0.0, r.drop_only)
                 ]
                 why = ", ".join(over) if over else r.note
-                out.append(f"{r.name}: {why} (tolerance {r.tolerance} AP points)")
+                kind = "allowed drop" if r.drop_only else "tolerance"
+                out.append(f"{r.name}: {why} ({kind} {r.tolerance} AP points)")
         return out
 
     @property
@@ -111,7 +122,7 @@ class ValidationReport:
                     _pair(r.score_diff_mean, r.score_diff_p95, 4),
                     _percent_pair(r.matched, r.matched_confident),
                     "–" if r.latency_ms is None else f"{r.latency_ms:.1f}",
-                    "–" if r.tolerance is None else f"{r.tolerance:g}",
+                    _tolerance_cell(r),
                     "reference" if r.passed is None else ("pass" if r.passed else "FAIL"),
                 ]
                 if r.note:
@@ -119,6 +130,7 @@ class ValidationReport:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(f"{self.num_images} images; Δ = AP − PyTorch AP in AP points.")
+        lines += [f"{r.name} groups: {_groups_line(r.groups)}." for r in self.rows if r.groups]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +141,20 @@ class ValidationReport:
             "failures": self.failures,
             "rows": [asdict(r) for r in self.rows],
         }
+
+
+def _exceeds(delta: float, tolerance: float, drop_only: bool) -> bool:
+    return (-delta if drop_only else abs(delta)) > tolerance + 1e-9
+
+
+def _tolerance_cell(r: Row) -> str:
+    if r.tolerance is None:
+        return "–"
+    return f"drop ≤{r.tolerance:g}" if r.drop_only else f"{r.tolerance:g}"
+
+
+def _groups_line(groups: Mapping[str, str]) -> str:
+    return ", ".join(f"{g} {p.upper()}" for g, p in groups.items())
 
 
 def _percent_pair(a: float | None, b: float | None) -> str:
@@ -274,6 +300,7 @@ def _plans(
     with_trt: bool,
     show_progress: bool,
     factory: Mapping[str, Any],
+    fp16_groups: str | None = None,
 ) -> list[_Plan]:
     """The artifacts of the table, made with `maskrt convert`'s own steps and file names."""
     from .convert import ArtifactPaths, build_step, export_step, precision_step, surgery_step
@@ -284,7 +311,7 @@ def _plans(
     def make_precision(precision: str) -> Callable[[], None]:
         return lambda: precision_step(
             fp32, paths.graph(precision), precision, calib_dir, method, calib_images,
-            paths.calibration_cache, show_progress,
+            paths.calibration_cache, show_progress, fp16_groups,
         )  # fmt: skip
 
     plans = [
@@ -311,6 +338,20 @@ def _plans(
     return plans
 
 
+def int8_group_precisions(graph: Path, fp32: Path) -> dict[str, str]:
+    """Group -> precision of the INT8 ONNX graph ``graph``: its metadata, else (made without
+    FP16 groups) every group of its FP32 deploy graph ``fp32`` in INT8."""
+    from maskrt.calibration.groups import find_groups, group_precisions
+    from maskrt.calibration.regions import find_regions
+    from maskrt.onnxio import load_onnx, metadata
+
+    recorded = group_precisions(metadata(load_onnx(graph, weights=False)))
+    if recorded:
+        return recorded
+    model = load_onnx(fp32)
+    return {g: "int8" for g in find_groups(model, find_regions(model))}
+
+
 def validate(
     checkpoint: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -322,17 +363,25 @@ def validate(
     show_progress: bool = False,
     factory: str | None = None,
     factory_args: dict[str, Any] | None = None,
+    fp16_groups: str | None = None,
+    max_ap_drop: float | None = None,
 ) -> ValidationReport:
     """Make every artifact of ``checkpoint`` in ``out``, evaluate each on the val split of the
     maskrt dataset root ``data`` (calibrating INT8 on its train split) and write the table to
     ``out/validation.md`` and ``out/validation.json``. Does not raise on a failed tolerance:
-    check :attr:`ValidationReport.passed`."""
+    check :attr:`ValidationReport.passed`. ``fp16_groups`` keeps those groups of the INT8 graph
+    in FP16 (``maskrt calibrate --fp16-groups``); INT8 rows list every group's precision.
+    ``max_ap_drop`` gates INT8 rows on their AP drop alone (instead of ``tolerances["int8"]``)."""
     from maskrt.checkpoint import load_checkpoint
     from maskrt.coco import evaluate_detections, iou_types_for, load_coco, split_paths
 
-    from .convert import tensorrt_missing
+    from .convert import ArtifactPaths, tensorrt_missing
 
     tol = dict(DEFAULT_TOLERANCES, **(tolerances or {}))
+    if max_ap_drop is not None:
+        if not max_ap_drop >= 0:
+            raise MaskrtError(f"--max-ap-drop must be at least 0 AP points, got {max_ap_drop}")
+        tol["int8"] = max_ap_drop
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise MaskrtError(f"checkpoint {ckpt} does not exist")
@@ -355,7 +404,7 @@ def validate(
     trt_note = tensorrt_missing()
     plans = _plans(
         ckpt, spec, model, out_dir, calib_dir, calib_images, method, trt_note is None,
-        show_progress, factory_options,
+        show_progress, factory_options, fp16_groups,
     )  # fmt: skip
     rows: list[Row] = []
     reference: dict[int, Detections] | None = None
@@ -379,6 +428,8 @@ def validate(
             with_keypoints="keypoints" in iou_types,
         )  # fmt: skip
         row.ap = {t: scores.stats[t]["AP"] for t in iou_types}
+        if plan.precision == "int8" and plan.path.suffix == ".onnx":
+            row.groups = int8_group_precisions(plan.path, ArtifactPaths(out_dir).fp32)
         row.latency_ms = run.latency_ms
         if reference is None:
             reference, ref_ap = run.detections, row.ap
@@ -387,7 +438,8 @@ def validate(
         for k, v in detection_diffs(reference, run.detections).summary().items():
             setattr(row, k, v)
         row.tolerance = tol[plan.precision]
-        row.passed = all(abs(d) <= row.tolerance + 1e-9 for d in row.delta.values())
+        row.drop_only = max_ap_drop is not None and plan.precision == "int8"
+        row.passed = row.gate()
     if trt_note is not None:
         rows.append(Row("TensorRT engines", "fp32", "tensorrt", note=trt_note))
 

@@ -3,6 +3,9 @@ element types shape inference gives, and the demo model's prediction layers."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -51,6 +54,14 @@ def tiny_graph() -> onnx.ModelProto:
     model.ir_version = 10
     helper.set_model_props(model, {contract.META_MODEL_SPEC: "{}"})
     return model
+
+
+def copy_images(src: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` PNG images of ``src`` copied into ``dst`` (a calibration folder)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.glob("*.png"))[:n]:
+        shutil.copy(p, dst / p.name)
+    return dst
 
 
 def run_ort(

@@ -7,31 +7,23 @@ structure is read from the graph.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from _calibration_graphs import PREDICTION_WEIGHTS, producers, run_ort
+from _calibration_graphs import PREDICTION_WEIGHTS, copy_images, producers, run_ort
 from onnx import numpy_helper
 
 from maskrt import contract
 from maskrt.calibration import quantize_to_int8
 
 
-def _copy_images(src: Path, dst: Path, n: int) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for p in sorted(src.glob("*.png"))[:n]:
-        shutil.copy(p, dst / p.name)
-    return dst
-
-
 @pytest.mark.slow
 def test_int8_qdq_placement_cache_and_surgery(
     random_demo_deploy_graph: Path, shapes_dataset: Path, tmp_path: Path
 ) -> None:
-    images = _copy_images(shapes_dataset / "train", tmp_path / "calib", 3)
+    images = copy_images(shapes_dataset / "train", tmp_path / "calib", 3)
     (images / "zz_broken.png").write_bytes(b"not a png")
     out, cache = tmp_path / "model.int8.onnx", tmp_path / "calib.json"
     summary = quantize_to_int8(random_demo_deploy_graph, out, images, method="minmax", cache=cache)

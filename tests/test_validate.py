@@ -8,6 +8,7 @@ are compared with.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,21 @@ def test_report_gate_and_markdown() -> None:
     md = report.markdown()
     assert "| ONNX INT8 | onnxruntime | 47.00 | 40.00 | -3.00 | +0.00 |" in md
     assert "FAIL" in md and "skipped: TensorRT is not installed" in md
+    # with a budget D the INT8 gate is one-sided: a gain passes, a drop beyond D fails
+    gain = Row("ONNX INT8", "int8", "onnxruntime", ap={"bbox": 0.52, "segm": 0.4},
+               delta={"bbox": 2.0, "segm": -0.2}, tolerance=0.5, drop_only=True)  # fmt: skip
+    assert gain.gate() and not replace(gain, drop_only=False).gate()
+    gain.passed = gain.gate()
+    assert ValidationReport([ref, gain], 10, ["bbox", "segm"]).passed
+    gain.delta["segm"] = -0.6
+    gain.passed = gain.gate()
+    assert gain.passed is False
+    assert ValidationReport([ref, gain], 10, ["bbox", "segm"]).failures == [
+        "ONNX INT8: segm -0.60 (allowed drop 0.5 AP points)"
+    ]
+    assert "| drop ≤0.5 | FAIL |" in ValidationReport([ref, gain], 10, ["bbox"]).markdown()
+    bad.groups = {"backbone1": "int8", "fpn": "int8", "box": "fp16"}
+    assert "ONNX INT8 groups: backbone1 INT8, fpn INT8, box FP16." in report.markdown()
     assert json.loads(json.dumps(report.to_dict()))["passed"] is False
 
 
@@ -123,5 +139,8 @@ def test_validate_demo_model_within_tolerances(
     assert rows["ONNX FP32"]["box_diff_p95"] < 0.05  # px: same maths, float rounding only
     assert rows["ONNX INT8 (entropy)"]["matched_confident"] >= 0.97
     assert rows["ONNX INT8 (entropy)"]["matched"] >= 0.7
+    groups = rows["ONNX INT8 (entropy)"]["groups"]  # made without --fp16-groups: all INT8
+    assert list(groups)[-4:] == ["fpn", "rpn", "box", "mask"] and set(groups.values()) == {"int8"}
+    assert "ONNX INT8 (entropy) groups: backbone1 INT8," in (out / "validation.md").read_text()
     assert table["passed"] is True
     assert result.exit_code == 0, result.output
