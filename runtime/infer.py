@@ -112,25 +112,33 @@ def run_inference(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MaskrtError(f"{out} exists and is not a folder")
-    det_json = img_json = None
-    overlays: list[Path] = []
-    if paths:
-        det_json = check_writable(out / DETECTIONS_JSON, force)
-        img_json = check_writable(out / IMAGES_JSON, force)
-        names = _unique_names([p.stem for p in paths], ".png")
-        overlays = [check_writable(out / OVERLAY_DIR / n, force) for n in names]
     stems = _unique_names([output_stem(s) for s in sources], "")
-    video_paths = [check_writable(out / VIDEO_DIR / f"{s}{VIDEO_SUFFIX}", force) for s in stems]
-    jsonl_paths = [check_writable(out / VIDEO_DIR / f"{s}{JSONL_SUFFIX}", force) for s in stems]
-
-    predictor = load_predictor(artifact, backend=backend, **backend_options)
+    video_names = [(f"{s}{VIDEO_SUFFIX}", f"{s}{JSONL_SUFFIX}") for s in stems]
+    for name in (n for pair in video_names for n in pair):  # before any source is opened
+        if (out / VIDEO_DIR / name).exists() and not force:
+            raise MaskrtError(f"{out / VIDEO_DIR / name} exists; pass --force to overwrite it")
+    opened = []
+    try:
+        for source in sources:  # every video opens before anything is written
+            opened.append(open_video(source))
+        det_json = img_json = None
+        overlays: list[Path] = []
+        if paths:
+            det_json = check_writable(out / DETECTIONS_JSON, force)
+            img_json = check_writable(out / IMAGES_JSON, force)
+            names = _unique_names([p.stem for p in paths], ".png")
+            overlays = [check_writable(out / OVERLAY_DIR / n, force) for n in names]
+        video_paths = [check_writable(out / VIDEO_DIR / v, force) for v, _ in video_names]
+        jsonl_paths = [check_writable(out / VIDEO_DIR / j, force) for _, j in video_names]
+        predictor = load_predictor(artifact, backend=backend, **backend_options)
+    except BaseException:
+        for container, _, _ in opened:
+            container.close()
+        raise
     videos: list[VideoResult] = []
     num_detections = 0
     with predictor:
-        opened = []
         try:
-            for source in sources:  # every source opens before anything is written
-                opened.append(open_video(source))
             if paths:
                 assert det_json is not None and img_json is not None
                 num_detections = _infer_images(

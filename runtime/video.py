@@ -13,10 +13,11 @@ damage and then raises :class:`VideoDamaged`, naming the frame index.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -142,11 +143,11 @@ def open_video(source: str, live: bool | None = None) -> tuple[Any, Any, VideoIn
         raise MaskrtError(f"cannot open video {source}: {_reason(e)}") from None
     try:
         if not container.streams.video:
-            raise MaskrtError(f"{source} holds no video stream FFmpeg can read")
+            raise MaskrtError(f"cannot open video {source}: it holds no video stream")
         stream = container.streams.video[0]
         ctx = stream.codec_context
         if ctx is None or not ctx.width or not ctx.height:
-            raise MaskrtError(f"{source}: FFmpeg cannot decode its video codec")
+            raise MaskrtError(f"cannot open video {source}: FFmpeg cannot decode its codec")
         stream.thread_type = "AUTO"  # frame threads: decoding keeps up with the other stages
         frames = int(stream.frames) or None
         rate = stream.average_rate or stream.guessed_rate
@@ -193,8 +194,11 @@ def decode_frames(
     damage: str | None = None
 
     def take(frames: Sequence[Any]) -> Iterator[VideoFrame]:
-        nonlocal index, last_time
+        nonlocal index, last_time, damage
         for frame in frames:
+            if frame.is_corrupt:  # the decoder concealed an error in it: not a good frame
+                damage = damage or "a corrupt frame"
+                return
             if index % stride == 0:
                 yield _frame_of(frame, index)
             if frame.time is not None:
@@ -212,14 +216,18 @@ def decode_frames(
                 damage = f"cannot decode: {_reason(e)}"
                 break
             yield from take(decoded)
+            if damage is not None:
+                break
     except av.error.FFmpegError as e:
         damage = f"cannot read: {_reason(e)}"
     if damage is not None:
-        try:  # frames the decoder holds from packets before the damage are good
-            yield from take(ctx.decode(None))
-        except av.error.FFmpegError:
-            pass
-        raise VideoDamaged(info.source, index, damage)
+        reason = damage
+        if "corrupt frame" not in reason:
+            try:  # frames the decoder holds from packets before the damage are good
+                yield from take(ctx.decode(None))
+            except av.error.FFmpegError:
+                pass
+        raise VideoDamaged(info.source, index, reason)
     if info.frames is not None and index < info.frames:
         raise VideoDamaged(
             info.source, index, f"it ends after {index} of the {info.frames} frames it declares"
@@ -370,7 +378,7 @@ def predict_video(
 
     if not pipeline:
 
-        def plain() -> Iterator[tuple[VideoFrame, Detections]]:
+        def plain() -> Generator[tuple[VideoFrame, Detections], None, None]:
             for batch in _batches(decoded(), batch_size):
                 item: Any = batch
                 for _, fn in stages:
@@ -378,7 +386,12 @@ def predict_video(
                 yield from zip(*item)
 
         frames = plain()
-        return VideoRun(info, frames, lambda: (frames.close(), container.close()), seconds, counts)
+
+        def close_plain() -> None:
+            frames.close()
+            container.close()
+
+        return VideoRun(info, frames, close_plain, seconds, counts)
 
     stop = threading.Event()
     queues: list[queue.Queue[Any]] = [queue.Queue(queue_size) for _ in range(len(stages) + 1)]
@@ -458,7 +471,7 @@ def predict_video(
     threads = [threading.Thread(target=decode_worker, name="maskrt-decode", daemon=True)]
     for i, (name, fn) in enumerate(stages):
         inbox = queues[i]
-        take = live_batches(inbox) if i == 0 and info.live else (lambda q=inbox: get(q))
+        take = live_batches(inbox) if i == 0 and info.live else functools.partial(get, inbox)
         threads.append(
             threading.Thread(
                 target=stage_worker, args=(fn, take, queues[i + 1]), name=f"maskrt-{name}",

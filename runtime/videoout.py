@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -198,14 +199,16 @@ def infer_video(
         try:
             with run, bar:
                 for frame, dets in run:
-                    start = _now()
+                    start = time.perf_counter()
                     dets = filter_by_score(dets, score_threshold)
                     results = to_coco_results(frame.index, dets)
                     _line(jsonl, {"frame": frame.index, "pts": frame.pts, "time": frame.time,
                                   "detections": results})  # fmt: skip
                     writer.write(draw_detections(frame.image, dets, predictor.spec), frame.pts,
                                  frame.index)  # fmt: skip
-                    run.seconds["write"] = run.seconds.get("write", 0.0) + _now() - start
+                    run.seconds["write"] = (
+                        run.seconds.get("write", 0.0) + time.perf_counter() - start
+                    )
                     written += 1
                     detections += len(results)
                     bar.update(1)
@@ -233,12 +236,6 @@ def infer_video(
         error=error,
         seconds=dict(run.seconds),
     )
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def damage_error(results: list[VideoResult]) -> MaskrtError | None:
