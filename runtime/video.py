@@ -40,7 +40,12 @@ STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp
 # its container declares before it counts as cut off: container and stream durations round.
 END_SLACK_FRAMES = 2
 END_SLACK_SECONDS = 0.5
-DEFAULT_QUEUE_SIZE = 4  # batches or frames waiting between two stages
+DEFAULT_QUEUE_SIZE = 4
+STREAM_TIMEOUT = 10.0  # seconds a device or stream may send nothing (opening, then each read)
+STREAM_PROBE = {
+    "analyzeduration": "500000",
+    "probesize": "500000",
+}  # microseconds, bytes  # batches or frames waiting between two stages
 
 
 def import_av() -> Any:
@@ -137,7 +142,9 @@ def open_video(source: str, live: bool | None = None) -> tuple[Any, Any, VideoIn
             source,
             mode="r",
             format="v4l2" if source.startswith("/dev/video") else None,
-            timeout=10.0 if stream_source else None,
+            timeout=STREAM_TIMEOUT if stream_source else None,
+            # a live source: probe half a second, not FFmpeg's default five, before the first frame
+            options=dict(STREAM_PROBE) if stream_source else {},
         )
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise MaskrtError(f"cannot open video {source}: {_reason(e)}") from None
@@ -218,6 +225,8 @@ def decode_frames(
             yield from take(decoded)
             if damage is not None:
                 break
+    except av.error.ExitError:  # PyAV's timeout interrupted a read
+        damage = f"nothing received for {STREAM_TIMEOUT:g} s"
     except av.error.FFmpegError as e:
         damage = f"cannot read: {_reason(e)}"
     if damage is not None:

@@ -101,3 +101,25 @@ class PixelPredictor(Predictor):
             labels=np.asarray([1], np.int64),
             masks=mask[None],
         )
+
+
+def serve_tcp(port: int, n: int, delay: float) -> None:
+    """Serve ``n`` moving-shapes frames as H.264 in MPEG-TS on tcp://127.0.0.1:``port`` to one
+    client, ``delay`` seconds apart (a live stream from this machine); prints "listening"."""
+    import time
+
+    import av
+
+    frames = moving_shapes(n)
+    print("listening", flush=True)
+    with av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv444p"  # odd sizes
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+            time.sleep(delay)
+        container.mux(stream.encode(None))

@@ -287,6 +287,75 @@ def test_sigterm_finishes_the_files(tmp_path: Path, demo_onnx: Path) -> None:
     assert not list((out / "videos").glob(".*"))  # no temporary files left
 
 
+def _serve(n: int, delay: float) -> tuple[subprocess.Popen[str], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _video_media as m; "
+    code += f"m.serve_tcp({port}, {n}, {delay})"
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+    return server, f"tcp://127.0.0.1:{port}"
+
+
+def _open_when_served(url: str) -> Any:
+    from maskrt.runtime.video import open_video
+
+    for _ in range(50):  # the server listens a moment after it says so
+        try:
+            return open_video(url)
+        except MaskrtError:
+            time.sleep(0.1)
+    return open_video(url)
+
+
+def test_loopback_stream(tmp_path: Path) -> None:
+    """A live stream served from this machine: every frame read is written or counted as
+    dropped, in order, and the stream's end is a clean end."""
+    from maskrt.runtime.videoout import infer_video
+
+    server, url = _serve(30, 0.02)
+    try:
+        opened = _open_when_served(url)
+        assert opened[2].live and opened[2].frames is None
+        result = infer_video(PixelPredictor(), opened, tmp_path / "s.mp4", tmp_path / "s.jsonl")
+    finally:
+        server.kill()
+        server.wait()
+    assert result.status == "ended" and result.frames_read == 30
+    assert result.frames_written + result.frames_dropped == 30
+    records = _jsonl(tmp_path / "s.jsonl")[1:-1]
+    indices, pts = [r["frame"] for r in records], [r["pts"] for r in records]
+    assert indices == sorted(set(indices)) and pts == sorted(set(pts))
+    times, _ = _decoded_times(tmp_path / "s.mp4")
+    assert len(times) == result.frames_written
+
+
+def test_stalled_stream_keeps_what_was_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that stops sending: after the timeout, VideoDamaged naming the next frame, the
+    frames received before it delivered."""
+    from maskrt.runtime import video
+
+    monkeypatch.setattr(video, "STREAM_TIMEOUT", 1.0)
+    server, url = _serve(200, 0.04)
+    got: list[int] = []
+    try:
+        opened = _open_when_served(url)
+        with pytest.raises(VideoDamaged, match="nothing received for 1 s") as raised:
+            with predict_video(PixelPredictor(), url, opened=opened) as run:
+                for frame, _ in run:
+                    got.append(frame.index)
+                    if len(got) == 5:
+                        server.send_signal(signal.SIGSTOP)
+    finally:
+        server.kill()
+        server.wait()
+    assert got == sorted(set(got)) and len(got) >= 5  # in order (a live source may drop)
+    assert raised.value.frame_index == run.counts["read"] >= len(got)
+
+
 _RSS_SCRIPT = """
 import resource, sys
 sys.path.insert(0, {tests!r})
