@@ -3,8 +3,6 @@ TensorRT backends, plus the TensorRT engine build.
 
     predictor = load_predictor("model.onnx")          # backend from the suffix
     detections = predictor.predict([rgb_uint8_hwc])   # list[maskrt.detections.Detections]
-    with predictor.predict_video("clip.mp4") as run:  # the video extra
-        for frame, dets in run: ...                    # VideoFrame, Detections, in frame order
 """
 
 from .images import read_image

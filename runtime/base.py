@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -20,9 +20,6 @@ from maskrt.specs import ModelSpec
 from .images import read_image
 from .postprocess import postprocess
 from .preprocess import preprocess
-
-if TYPE_CHECKING:
-    from .video import VideoRun
 
 
 class Predictor(abc.ABC):
@@ -52,17 +49,6 @@ class Predictor(abc.ABC):
                 chunk = paths[start : start + batch_size]
                 yield from self.predict([read_image(p) for p in chunk])
                 bar.update(len(chunk))
-
-    def predict_video(
-        self, source: str, batch_size: int = 1, stride: int = 1, **options: Any
-    ) -> VideoRun:
-        """(VideoFrame, Detections) of every ``stride``-th frame of a video file, capture device
-        or stream URL, in order, ``batch_size`` frames per call: a context manager and iterator
-        (:func:`maskrt.runtime.video.predict_video`, which takes the ``options``; needs the
-        ``video`` extra)."""
-        from .video import predict_video
-
-        return predict_video(self, source, batch_size=batch_size, stride=stride, **options)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release backend resources (sessions, engines, device memory)."""

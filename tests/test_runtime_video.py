@@ -70,7 +70,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarra
 def test_decoded_frames_are_the_generated_ones(clip: Any) -> None:
     """The oracle's premise: the lossless video decodes to exactly the generated frames."""
     path, frames, pts = clip
-    with PixelPredictor().predict_video(str(path)) as run:  # the Predictor method
+    with predict_video(PixelPredictor(), str(path)) as run:
         got = list(run)
     assert [f.index for f, _ in got] == list(range(12))
     assert [f.pts for f, _ in got] == pts
