@@ -98,7 +98,7 @@ def infer_command(
     for video in result.videos:
         click.echo(
             f"{video.num_detections} detections in {video.frames_written} frames of "
-            f"{video.source} -> {video.video} and {video.jsonl}"
+            f"{video.source} -> {video.video or 'no video (no frames)'} and {video.jsonl}"
         )
 
 

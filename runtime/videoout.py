@@ -48,7 +48,7 @@ class VideoResult:
     """What one source gave: the files, frames read / written / dropped, and how it ended."""
 
     source: str
-    video: Path
+    video: Path | None  # None when no frame was written (no video file; the JSON Lines say why)
     jsonl: Path
     frames_read: int
     frames_written: int
@@ -222,11 +222,13 @@ def infer_video(
             {"status": status, "error": error, "frames_read": run.counts["read"],
              "frames_written": written, "frames_dropped": run.counts["dropped"]},
         )  # fmt: skip
+    if written == 0:  # an MP4 without a frame is no video: the JSON Lines say what happened
+        video_path.unlink(missing_ok=True)
     if interrupted:
         raise KeyboardInterrupt
     return VideoResult(
         source=info.source,
-        video=video_path,
+        video=video_path if written else None,
         jsonl=jsonl_path,
         frames_read=run.counts["read"],
         frames_written=written,
@@ -245,6 +247,5 @@ def damage_error(results: list[VideoResult]) -> MaskrtError | None:
         return None
     first = damaged[0]
     more = f" (and {len(damaged) - 1} more damaged)" if len(damaged) > 1 else ""
-    return MaskrtError(
-        f"{first.error}; kept the {first.frames_written} frames before it in {first.video}{more}"
-    )
+    kept = f"kept the {first.frames_written} frames before it in {first.video}"
+    return MaskrtError(f"{first.error}; {kept if first.video else 'no frame to keep'}{more}")

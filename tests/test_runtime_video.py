@@ -185,6 +185,21 @@ def _corrupt(src: Path, dst: Path, start: float, stop: float | None) -> None:
     dst.write_bytes(bytes(data))
 
 
+def test_damage_before_the_first_frame_leaves_no_video(tmp_path: Path, clip: Any) -> None:
+    """Garbage right after the header: no frame, so no video file; the JSON Lines say why."""
+    from maskrt.runtime.video import open_video
+    from maskrt.runtime.videoout import infer_video
+
+    bad = tmp_path / "bad.mkv"
+    _corrupt(clip[0], bad, 0.02, 1.0)
+    result = infer_video(PixelPredictor(), open_video(str(bad)), tmp_path / "b.mp4",
+                         tmp_path / "b.jsonl")  # fmt: skip
+    assert result.status == "damaged" and result.frames_written == 0 and result.video is None
+    assert not (tmp_path / "b.mp4").exists() and not list(tmp_path.glob(".*"))
+    status = _jsonl(tmp_path / "b.jsonl")[-1]
+    assert status["status"] == "damaged" and "at frame 0" in status["error"]
+
+
 @pytest.mark.parametrize("damage", ["cut", "garbage"])
 def test_damaged_video_keeps_the_frames_before(
     tmp_path: Path, demo_onnx: Path, damage: str
