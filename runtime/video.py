@@ -197,19 +197,22 @@ def decode_frames(
     av = import_av()
     ctx = stream.codec_context
     index = 0
+    first_time: float | None = None
     last_time: float | None = None
     damage: str | None = None
+    corrupt_frame = False
 
     def take(frames: Sequence[Any]) -> Iterator[VideoFrame]:
-        nonlocal index, last_time, damage
+        nonlocal index, first_time, last_time, damage, corrupt_frame
         for frame in frames:
             if frame.is_corrupt:  # the decoder concealed an error in it: not a good frame
-                damage = damage or "a corrupt frame"
+                damage, corrupt_frame = damage or "a corrupt frame", True
                 return
             if index % stride == 0:
                 yield _frame_of(frame, index)
             if frame.time is not None:
                 last_time = float(frame.time)
+                first_time = last_time if first_time is None else first_time
             index += 1
 
     try:
@@ -231,7 +234,7 @@ def decode_frames(
         damage = f"cannot read: {_reason(e)}"
     if damage is not None:
         reason = damage
-        if "corrupt frame" not in reason:
+        if not corrupt_frame:
             try:  # frames the decoder holds from packets before the damage are good
                 yield from take(ctx.decode(None))
             except av.error.FFmpegError:
@@ -242,12 +245,14 @@ def decode_frames(
             info.source, index, f"it ends after {index} of the {info.frames} frames it declares"
         )
     if info.duration is not None and info.rate:
+        # the length decoded (from the first frame's time: a stream may start later than 0)
+        ran = 0.0 if last_time is None or first_time is None else last_time - first_time
         slack = max(END_SLACK_FRAMES / float(info.rate), END_SLACK_SECONDS)
-        if (last_time if last_time is not None else 0.0) + slack < info.duration:
+        if ran + slack < info.duration:
             raise VideoDamaged(
                 info.source,
                 index,
-                f"it ends at {last_time or 0.0:.3f} s of the {info.duration:.3f} s it declares",
+                f"it ends after {ran:.3f} s of the {info.duration:.3f} s it declares",
             )
 
 
