@@ -407,3 +407,36 @@ def test_memory_stays_flat_over_a_long_video(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
         peaks[n] = float(done.stdout.split()[-1])  # MiB
     assert peaks[2000] - peaks[100] < 20, peaks
+
+
+def _whole_image_blend(image: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The reference: every mask blended over the whole image in float32, rounded once."""
+    from maskrt.runtime.overlay import MASK_ALPHA, label_color
+
+    canvas = image.astype(np.float32)
+    for i in reversed(range(len(masks))):
+        tint = np.asarray(label_color(int(labels[i])), np.float32)
+        canvas[masks[i]] = canvas[masks[i]] * (1 - MASK_ALPHA) + tint * MASK_ALPHA
+    return canvas.round().clip(0, 255).astype(np.uint8)
+
+
+def test_overlay_blends_only_the_masks_windows_as_a_whole_image_blend() -> None:
+    """The overlay blends each mask over its own window (a video frame's masks are small): the
+    same pixels as blending over the whole image, overlapping, empty and edge masks included."""
+    from maskrt.detections import Detections
+    from maskrt.runtime.overlay import _blend_masks
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    masks = np.zeros((5, 90, 140), bool)
+    masks[0, 10:40, 20:70] = rng.random((30, 50)) > 0.3
+    masks[1, 30:60, 50:100] = True  # overlaps mask 0
+    masks[2, 80:, 130:] = True  # at the corner
+    masks[4, 0:1, 0:140] = True  # one full row; mask 3 stays empty
+    labels = np.asarray([1, 2, 3, 1, 2])
+    dets = Detections(np.zeros((5, 4), np.float32), np.linspace(0.9, 0.5, 5, dtype=np.float32),
+                      labels, masks)  # fmt: skip
+    assert np.array_equal(_blend_masks(image, dets), _whole_image_blend(image, masks, labels))
+    none = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, int),
+                      np.zeros((0, 90, 140), bool))  # fmt: skip
+    assert np.array_equal(_blend_masks(image, none), image)
