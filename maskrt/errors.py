@@ -31,6 +31,7 @@ EXTRA_OF_MODULE = {
     "tensorrt": "trt",
     "pycuda": "trt",
     "tritonclient": "serve",
+    "av": "video",
 }
 
 

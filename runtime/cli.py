@@ -27,47 +27,79 @@ backend_option = click.option(
 
 @click.command("infer")
 @click.argument("artifact", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@output_option("Folder for detections.json, images.json and overlays/.", folder=True)
+@click.argument("sources", metavar="SOURCE...", nargs=-1, required=True)
+@output_option(
+    "Folder for detections.json, images.json and overlays/ (images) and videos/ (videos).",
+    folder=True,
+)
 @backend_option
 @batch_size_option
 @click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Videos: process every N-th frame.",
+)
+@click.option(
+    "--pipeline/--no-pipeline",
+    default=True,
+    show_default=True,
+    help="Videos: overlap decoding, inference and encoding in threads (--no-pipeline: one "
+    "frame batch after the other, to compare).",
+)
 @arch_option
 @model_factory_options
 @force_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def infer_command(
     artifact: str,
-    images: tuple[str, ...],
+    sources: tuple[str, ...],
     output: str,
     backend: str | None,
     batch_size: int,
     score_threshold: float,
+    stride: int,
+    pipeline: bool,
     arch: str | None,
     model_factory: str | None,
     factory_args: tuple[str, ...],
     force: bool,
     progress: bool,
 ) -> None:
-    """Detect on IMAGES (files or folders) with ARTIFACT; write COCO JSON and overlay PNGs."""
+    """Detect on each SOURCE with ARTIFACT. A source is an image, a folder of images, a video
+    file (anything FFmpeg decodes: needs the video extra), a capture device (/dev/videoN) or a
+    stream URL (rtsp://...). Images: COCO JSON and overlay PNGs. Videos: an annotated MP4 and
+    JSON Lines of detections per frame, in OUTPUT/videos/."""
     from .infer import run_inference
+    from .videoout import sigterm_as_interrupt
 
     options = checkpoint_options(arch, model_factory, factory_args)
-    result = run_inference(
-        artifact,
-        list(images),
-        output,
-        backend=backend,
-        batch_size=batch_size,
-        score_threshold=score_threshold,
-        force=force,
-        show_progress=progress,
-        **options,
-    )
-    click.echo(
-        f"{result.num_detections} detections in {len(result.overlays)} images -> "
-        f"{result.detections_json} and {result.detections_json.parent / 'overlays'}"
-    )
+    with sigterm_as_interrupt():
+        result = run_inference(
+            artifact,
+            list(sources),
+            output,
+            backend=backend,
+            batch_size=batch_size,
+            score_threshold=score_threshold,
+            force=force,
+            show_progress=progress,
+            stride=stride,
+            pipeline=pipeline,
+            **options,
+        )
+    if result.detections_json is not None:
+        click.echo(
+            f"{result.num_detections} detections in {len(result.overlays)} images -> "
+            f"{result.detections_json} and {result.detections_json.parent / 'overlays'}"
+        )
+    for video in result.videos:
+        click.echo(
+            f"{video.num_detections} detections in {video.frames_written} frames of "
+            f"{video.source} -> {video.video or 'no video (no frames)'} and {video.jsonl}"
+        )
 
 
 @click.command("build")

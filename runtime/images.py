@@ -106,3 +106,14 @@ def expand_image_paths(inputs: list[str | os.PathLike[str]]) -> list[Path]:
         else:
             raise MaskrtError(f"image {p} does not exist")
     return paths
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether Pillow recognises ``path`` as an image (reads its header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False

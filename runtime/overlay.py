@@ -19,18 +19,52 @@ def label_color(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _mask_window(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns that hold a bool mask [H, W]'s pixels, or None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _blend_masks(image: np.ndarray, dets: Detections) -> np.ndarray:
+    """RGB uint8 [H, W, 3] with each mask blended in its label's colour (float32, rounded once).
+
+    Only the window around all masks is converted and blended, and each mask only over its own
+    window: a video frame's masks cover a small part of it, and pixels outside every mask come
+    out as they went in, as a whole-image blend leaves them.
+    """
+    out = np.array(image, np.uint8, copy=True)
+    if dets.masks is None or len(dets) == 0:
+        return out
+    windows = [_mask_window(dets.masks[i]) for i in range(len(dets))]
+    present = [w for w in windows if w is not None]
+    if not present:
+        return out
+    top, bottom = min(w[0].start for w in present), max(w[0].stop for w in present)
+    left, right = min(w[1].start for w in present), max(w[1].stop for w in present)
+    canvas = image[top:bottom, left:right].astype(np.float32)
+    # Lowest score first, so the most confident mask ends on top.
+    for i in reversed(range(len(dets))):
+        window = windows[i]
+        if window is None:
+            continue
+        rows = slice(window[0].start - top, window[0].stop - top)
+        cols = slice(window[1].start - left, window[1].stop - left)
+        tint = np.asarray(label_color(int(dets.labels[i])), np.float32)
+        m = dets.masks[i][window]
+        region = canvas[rows, cols]
+        region[m] = region[m] * (1 - MASK_ALPHA) + tint * MASK_ALPHA
+    out[top:bottom, left:right] = canvas.round().clip(0, 255).astype(np.uint8)
+    return out
+
+
 def draw_detections(image: np.ndarray, dets: Detections, spec: ModelSpec) -> np.ndarray:
     """RGB uint8 [H, W, 3] with ``dets`` drawn on it (a new array)."""
     from PIL import Image, ImageDraw
 
-    canvas = image.astype(np.float32)
-    if dets.masks is not None:
-        # Lowest score first, so the most confident mask ends on top.
-        for i in reversed(range(len(dets))):
-            tint = np.asarray(label_color(int(dets.labels[i])), np.float32)
-            m = dets.masks[i]
-            canvas[m] = canvas[m] * (1 - MASK_ALPHA) + tint * MASK_ALPHA
-    pil = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
+    pil = Image.fromarray(_blend_masks(image, dets))
     draw = ImageDraw.Draw(pil)
     for i in range(len(dets)):
         label = int(dets.labels[i])

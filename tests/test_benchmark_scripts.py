@@ -192,3 +192,18 @@ def test_readme_gpu_commands_match_the_script() -> None:
     assert carried == [str(built.build_dir.relative_to(BENCHMARKS.parent))]
     assert args.build_dir == built.build_dir
     assert args.budget + 30 <= int(call.group(3)) <= 600  # the device tool's longest command
+
+
+def test_video_benchmark_runs(tmp_path: Path) -> None:
+    """bench_video.py end to end on a few small frames: every run wrote every frame (the
+    script checks), with the stages it names."""
+    pytest.importorskip("av")
+    out = tmp_path / "video.json"
+    r = _run("bench_video.py", "--frames", "4", "--size", "64x96", "--batch-size", "2",
+             "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["run"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["infer alone", "plain loop", "pipeline"]
+    for run in ("plain loop", "pipeline"):
+        assert set(rows[run]["stages"]) == {"decode", "preprocess", "infer", "postprocess",
+                                            "write"}  # fmt: skip

@@ -135,3 +135,12 @@ def test_runtime_install_runs_without_torch(
     assert error == [
         'Error: maskrt export needs torch, which is not installed: pip install "maskrt[export]"'
     ]
+
+    # so does a video source without PyAV (the video extra), before writing anything
+    clip = tmp_path / "clip.mkv"
+    clip.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(64))  # never opened: PyAV is missing
+    video = _maskrt(python, "infer", str(graph), str(clip), "-o", str(tmp_path / "v"))
+    assert video.returncode == 1
+    error = [ln for ln in video.stderr.splitlines() if not ln.startswith("LOADED")]
+    assert error == ['Error: video input needs the video extra: pip install "maskrt[video]"']
+    assert not (tmp_path / "v").exists()
