@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,7 @@ import numpy as np
 
 from maskrt.detections import Detections, box_iou, match_detections
 from maskrt.errors import MaskrtError
-from maskrt.fileio import atomic_write_text, check_writable
+from maskrt.fileio import atomic_path, atomic_write_text, check_writable
 
 from .bootstrap import PairedDelta, PerImageEval, paired_deltas, per_image_eval
 
@@ -290,9 +291,11 @@ def search_fp16_groups(
                 best = trial(chosen, with_ap=True)
                 if within(best):
                     break
-        build(chosen, Path(dst))
+        # built aside and moved into place with its report, so that ``dst`` never exists
+        # without the report that says what it is (an interrupted report phase leaves nothing)
+        chosen_graph = build(chosen, Path(tmp) / "chosen.onnx")
         ref_report = _evals(coco_gt, reference, report, iou_types)
-        final_dets = run(Path(dst), report)
+        final_dets = run(chosen_graph, report)
         final = paired_deltas(
             _evals(coco_gt, final_dets, report, iou_types), ref_report, resamples=resamples
         )
@@ -304,21 +307,23 @@ def search_fp16_groups(
             _evals(coco_gt, all_int8_dets, report, iou_types), ref_report, resamples=resamples
         )
         bar.close()
-    int8_share = _int8_mac_share(model, regions, groups, chosen, spec)
-    result = SearchReport(
-        graph=str(dst),
-        max_ap_drop=max_ap_drop,
-        groups=[GroupResult(g, costs.get(g), "fp16" if g in chosen else "int8") for g in names],
-        fp16_groups=chosen,
-        choice_images=len(choice),
-        report_images=len(report),
-        choice_delta=best.delta,
-        final=final,
-        all_int8=all_int8,
-        trials=trials,
-        seconds=time.perf_counter() - start,
-        int8_mac_share=int8_share,
-        all_int8_mac_share=_int8_mac_share(model, regions, groups, [], spec),
-    )
-    atomic_write_text(report_path(dst), json.dumps(result.to_dict(), indent=1))
+        int8_share = _int8_mac_share(model, regions, groups, chosen, spec)
+        result = SearchReport(
+            graph=str(dst),
+            max_ap_drop=max_ap_drop,
+            groups=[GroupResult(g, costs.get(g), "fp16" if g in chosen else "int8") for g in names],
+            fp16_groups=chosen,
+            choice_images=len(choice),
+            report_images=len(report),
+            choice_delta=best.delta,
+            final=final,
+            all_int8=all_int8,
+            trials=trials,
+            seconds=time.perf_counter() - start,
+            int8_mac_share=int8_share,
+            all_int8_mac_share=_int8_mac_share(model, regions, groups, [], spec),
+        )
+        with atomic_path(dst) as placed:
+            shutil.copyfile(chosen_graph, placed)
+        atomic_write_text(report_path(dst), json.dumps(result.to_dict(), indent=1))
     return result

@@ -240,10 +240,6 @@ def decode_frames(
             except av.error.FFmpegError:
                 pass
         raise VideoDamaged(info.source, index, reason)
-    if info.frames is not None and index < info.frames:
-        raise VideoDamaged(
-            info.source, index, f"it ends after {index} of the {info.frames} frames it declares"
-        )
     if info.duration is not None and info.rate:
         # the length decoded (from the first frame's time: a stream may start later than 0)
         ran = 0.0 if last_time is None or first_time is None else last_time - first_time
@@ -254,6 +250,12 @@ def decode_frames(
                 index,
                 f"it ends after {ran:.3f} s of the {info.duration:.3f} s it declares",
             )
+    elif info.frames is not None and index < info.frames:
+        # only without a duration: an MP4's sample count includes frames its edit list trims,
+        # which FFmpeg does not output, so a good trimmed file has fewer than it declares
+        raise VideoDamaged(
+            info.source, index, f"it ends after {index} of the {info.frames} frames it declares"
+        )
 
 
 # --- the pipeline ---------------------------------------------------------------------------
@@ -299,15 +301,16 @@ class VideoRun:
     """An iterator over (VideoFrame, Detections) of one source, in frame order; use it as a
     context manager (or call :meth:`close`) so that its threads stop and the source closes.
 
-    ``seconds`` holds the time each stage spent working (decode, each predictor stage), ``read``
-    the frames decoded, ``dropped`` the frames a live source dropped to keep up.
+    ``seconds`` holds the time each stage spent working (decode, each predictor stage),
+    ``counts["taken"]`` the frames taken from the source (after the stride), ``dropped`` those a
+    live source dropped to keep up.
     """
 
     info: VideoInfo
     _frames: Iterator[tuple[VideoFrame, Detections]] = field(repr=False)
     _stop: Callable[[], None] = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=lambda: {"read": 0, "dropped": 0})
+    counts: dict[str, int] = field(default_factory=lambda: {"taken": 0, "dropped": 0})
 
     def __iter__(self) -> Iterator[tuple[VideoFrame, Detections]]:
         return self._frames
@@ -374,7 +377,7 @@ def predict_video(
         batch_size = min(batch_size, predictor.runner.max_batch_size)
     container, stream, info = opened if opened is not None else open_video(source, live)
     seconds: dict[str, float] = {}
-    counts = {"read": 0, "dropped": 0}
+    counts = {"taken": 0, "dropped": 0}
     stages = [(name, _timed(name, fn, seconds)) for name, fn in predictor_stages(predictor)]
 
     def decoded() -> Iterator[VideoFrame]:
@@ -387,7 +390,7 @@ def predict_video(
                 return
             finally:
                 seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - start
-            counts["read"] += 1
+            counts["taken"] += 1
             yield frame
 
     if not pipeline:

@@ -50,7 +50,7 @@ class VideoResult:
     source: str
     video: Path | None  # None when no frame was written (no video file; the JSON Lines say why)
     jsonl: Path
-    frames_read: int
+    frames_taken: int
     frames_written: int
     frames_dropped: int
     num_detections: int
@@ -125,8 +125,9 @@ def _header(info: VideoInfo) -> dict[str, Any]:
     return {
         "source": info.source,
         "codec": info.codec,
-        "width": info.width,
-        "height": info.height,
+        # as coded: frames, overlays and RLE sizes are turned upright by each frame's rotation
+        "coded_width": info.width,
+        "coded_height": info.height,
         "time_base": str(info.time_base),
         "frame_rate": None if info.rate is None else float(info.rate),
         "frames": info.frames,
@@ -142,21 +143,53 @@ def _line(f: IO[str], record: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs, so that a
-    stopped run finishes its files as Ctrl-C does."""
+    """SIGTERM and Ctrl-C raise KeyboardInterrupt in the main thread while the block runs, so
+    that a stopped run finishes its files; inside :func:`_held` they wait for its end."""
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        if _HELD.depth:
+            _HELD.pending = True
+        else:
+            raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _Held:
+    """How deep the main thread is in :func:`_held`, and whether an interrupt waits."""
+
+    depth = 0
+    pending = False
+
+
+_HELD = _Held()
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """A block that an interrupt does not cut: a frame's JSON line and its encoded packets go
+    out together (an interrupt inside ``encode`` would lose the packets it returned), and the
+    encoder's flush completes. The interrupt is taken afterwards by :func:`_take_interrupt`."""
+    _HELD.depth += 1
+    try:
+        yield
+    finally:
+        _HELD.depth -= 1
+
+
+def _take_interrupt() -> bool:
+    """Whether an interrupt arrived inside :func:`_held` (and forget it)."""
+    pending, _HELD.pending = _HELD.pending, False
+    return pending
 
 
 def infer_video(
@@ -202,26 +235,31 @@ def infer_video(
                     start = time.perf_counter()
                     dets = filter_by_score(dets, score_threshold)
                     results = to_coco_results(frame.index, dets)
-                    _line(jsonl, {"frame": frame.index, "pts": frame.pts, "time": frame.time,
-                                  "detections": results})  # fmt: skip
-                    writer.write(draw_detections(frame.image, dets, predictor.spec), frame.pts,
-                                 frame.index)  # fmt: skip
+                    image = draw_detections(frame.image, dets, predictor.spec)
+                    with _held():  # the frame in both files, or in neither
+                        _line(jsonl, {"frame": frame.index, "pts": frame.pts,
+                                      "time": frame.time, "detections": results})  # fmt: skip
+                        writer.write(image, frame.pts, frame.index)
+                        written += 1
+                        detections += len(results)
                     run.seconds["write"] = (
                         run.seconds.get("write", 0.0) + time.perf_counter() - start
                     )
-                    written += 1
-                    detections += len(results)
                     bar.update(1)
+                    if _take_interrupt():
+                        raise KeyboardInterrupt
         except VideoDamaged as e:
             status, error = STATUS_DAMAGED, str(e)
         except KeyboardInterrupt:
             status, error, interrupted = STATUS_INTERRUPTED, "interrupted", True
-        writer.close()
-        _line(
-            jsonl,
-            {"status": status, "error": error, "frames_read": run.counts["read"],
-             "frames_written": written, "frames_dropped": run.counts["dropped"]},
-        )  # fmt: skip
+        with _held():  # a second interrupt does not cut the flush or the status line
+            writer.close()
+            _line(
+                jsonl,
+                {"status": status, "error": error, "frames_taken": run.counts["taken"],
+                 "frames_written": written, "frames_dropped": run.counts["dropped"]},
+            )  # fmt: skip
+        interrupted = _take_interrupt() or interrupted
     if written == 0:  # an MP4 without a frame is no video: the JSON Lines say what happened
         video_path.unlink(missing_ok=True)
     if interrupted:
@@ -230,7 +268,7 @@ def infer_video(
         source=info.source,
         video=video_path if written else None,
         jsonl=jsonl_path,
-        frames_read=run.counts["read"],
+        frames_taken=run.counts["taken"],
         frames_written=written,
         frames_dropped=run.counts["dropped"],
         num_detections=detections,

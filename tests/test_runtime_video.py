@@ -101,8 +101,8 @@ def test_video_detections_equal_infer_on_each_frame(
 
     lines = _jsonl(tmp_path / "v" / "videos" / "shapes.jsonl")
     header, records, status = lines[0]["video"], lines[1:-1], lines[-1]
-    assert header["width"] == frames[0].shape[1] and header["time_base"] == "1/1000"
-    assert status == {"status": "ended", "error": None, "frames_read": 12, "frames_written": 12,
+    assert header["coded_width"] == frames[0].shape[1] and header["time_base"] == "1/1000"
+    assert status == {"status": "ended", "error": None, "frames_taken": 12, "frames_written": 12,
                       "frames_dropped": 0}  # fmt: skip
     assert [r["frame"] for r in records] == list(range(12))
     assert [r["pts"] for r in records] == pts
@@ -166,7 +166,7 @@ def test_live_source_drops_frames_rather_than_fall_behind(clip: Any) -> None:
         got = list(run)
     indices = [f.index for f, _ in got]
     assert indices == sorted(indices) and run.counts["dropped"] > 0
-    assert len(got) + run.counts["dropped"] == run.counts["read"] == 12
+    assert len(got) + run.counts["dropped"] == run.counts["taken"] == 12
     for frame, dets in got:
         assert to_coco_results(0, dets) == to_coco_results(
             0, PixelPredictor.one(frames[frame.index])
@@ -339,7 +339,7 @@ def test_loopback_stream(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait()
-    assert result.status == "ended" and result.frames_read == 30
+    assert result.status == "ended" and result.frames_taken == 30
     assert result.frames_written + result.frames_dropped == 30
     records = _jsonl(tmp_path / "s.jsonl")[1:-1]
     indices, pts = [r["frame"] for r in records], [r["pts"] for r in records]
@@ -368,7 +368,7 @@ def test_stalled_stream_keeps_what_was_received(monkeypatch: pytest.MonkeyPatch)
         server.kill()
         server.wait()
     assert got == sorted(set(got)) and len(got) >= 5  # in order (a live source may drop)
-    assert raised.value.frame_index == run.counts["read"] >= len(got)
+    assert raised.value.frame_index == run.counts["taken"] >= len(got)
 
 
 _RSS_SCRIPT = """

@@ -48,13 +48,13 @@ def _held_out_loss(model: torch.nn.Module, data: CocoInstances) -> float:
 
 
 def test_briefly_trained_model_beats_chance(
-    demo_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
+    briefly_trained_checkpoint: Path, shapes_dataset: Path, tmp_path: Path
 ) -> None:
     """The shared test checkpoint learned: lower held-out loss and higher AP than its own init."""
     from maskrt.pipeline.evaluate import evaluate_artifact
     from maskrt.specs import build_model
 
-    spec, trained = load_checkpoint(demo_checkpoint)
+    spec, trained = load_checkpoint(briefly_trained_checkpoint)
     torch.manual_seed(3)
     untrained_path = save_checkpoint(tmp_path / "untrained.pt", spec, build_model(spec))
     val = CocoInstances(*split_paths(shapes_dataset, "val"))
@@ -66,7 +66,7 @@ def test_briefly_trained_model_beats_chance(
         result = evaluate_artifact(path, images, ann, backend="torch")
         return result.scores.stats["bbox"]["AP50"]
 
-    assert ap50(demo_checkpoint) > ap50(untrained_path)
+    assert ap50(briefly_trained_checkpoint) > ap50(untrained_path)
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
