@@ -127,8 +127,8 @@ def test_ops_the_parser_does_not_take() -> None:
     assert lines[1].startswith("op my.domain::Mystery (1 node(s))")
 
 
-def test_local_functions_are_inlined_and_checked() -> None:
-    body = [helper.make_node("Unique", ["a"], ["b"])]
+def _calling_function(body: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """A model whose one node calls a local function ``my.domain::Fn`` (a -> b) of ``body``."""
     fn = helper.make_function(
         "my.domain", "Fn", ["a"], ["b"], body, [helper.make_opsetid("", OPSET)]
     )
@@ -137,6 +137,11 @@ def test_local_functions_are_inlined_and_checked() -> None:
     node = helper.make_node("Fn", ["x"], ["y"], domain="my.domain")
     model = _model([node], [x], [y], functions=[fn])
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    return model
+
+
+def test_local_functions_are_inlined_and_checked() -> None:
+    model = _calling_function([helper.make_node("Unique", ["a"], ["b"])])
     (line,) = tensorrt_findings(model)  # the function itself is fine, its Unique is not
     assert line.startswith("op Unique")
 
@@ -161,15 +166,7 @@ def test_bodies_inside_local_functions_are_checked() -> None:
         helper.make_node("Cast", ["m"], ["c"], to=TensorProto.BOOL),
         helper.make_node("If", ["c"], ["b"], then_branch=outer, else_branch=outer),
     ]
-    fn = helper.make_function(
-        "my.domain", "Fn", ["a"], ["b"], body, [helper.make_opsetid("", OPSET)]
-    )
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
-    node = helper.make_node("Fn", ["x"], ["y"], domain="my.domain")
-    model = _model([node], [x], [y], functions=[fn])
-    model.opset_import.append(helper.make_opsetid("my.domain", 1))
-    lines = [ln for ln in tensorrt_findings(model) if ln.startswith("op Unique")]
+    lines = [ln for ln in tensorrt_findings(_calling_function(body)) if ln.startswith("op Unique")]
     assert len(lines) == 1 and lines[0].startswith("op Unique (4 node(s))"), lines
 
 

@@ -376,15 +376,11 @@ def test_bad_requests_fail_alone_and_the_server_keeps_serving(
     assert send(good) == ("ok", "") and server.ready()  # still serving
 
 
-def test_serve_runs_until_sigterm_and_stops_cleanly(
-    triton_home: Path, tmp_path: Path, served: tuple[TritonServer, Path]
-) -> None:
-    """`maskrt serve` waits until the models are ready, says so, and exits 0 on SIGTERM."""
-    import signal
-    import time
-    import urllib.request
-
-    _, graph = served
+def _maskrt_serve(
+    triton_home: Path, graph: Path, tmp_path: Path
+) -> tuple[subprocess.Popen[str], int]:
+    """`maskrt serve` on a python-detector repository of ``graph``, in its own process (stdout
+    piped); the process and its HTTP port."""
     repo = write_repository(graph, tmp_path / "repo", max_batch=2)
     http, grpc, metrics = _free_ports(3)
     env = dict(os.environ, MASKRT_TRITON_HOME=str(triton_home))
@@ -394,6 +390,18 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(
          str(metrics)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
+    return proc, http
+
+
+def test_serve_runs_until_sigterm_and_stops_cleanly(
+    triton_home: Path, tmp_path: Path, served: tuple[TritonServer, Path]
+) -> None:
+    """`maskrt serve` waits until the models are ready, says so, and exits 0 on SIGTERM."""
+    import signal
+    import time
+    import urllib.request
+
+    proc, http = _maskrt_serve(triton_home, served[1], tmp_path)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # printed once the server is ready
@@ -432,16 +440,7 @@ def test_serve_stopped_while_starting_leaves_no_server(
     import signal
     import time
 
-    _, graph = served
-    repo = write_repository(graph, tmp_path / "repo", max_batch=2)
-    http, grpc, metrics = _free_ports(3)
-    env = dict(os.environ, MASKRT_TRITON_HOME=str(triton_home))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from maskrt.pipeline.main import main; main()", "serve",
-         str(repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port",
-         str(metrics)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    proc, http = _maskrt_serve(triton_home, served[1], tmp_path)
     try:
         deadline = time.monotonic() + 60
         while not _tritonservers_on(http) and time.monotonic() < deadline:
